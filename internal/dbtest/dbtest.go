@@ -1,0 +1,158 @@
+// Package dbtest gives each test its own PostgreSQL database, migrated to the
+// newest schema, so that tests run in parallel against a real server without
+// seeing each other's rows. The server comes from TEST_DATABASE_URL (default:
+// the local server as user postgres). Databases are dropped when the test ends.
+package dbtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	outboxsql "github.com/grupogad/outboxd/sql"
+)
+
+// DefaultURL is used when TEST_DATABASE_URL is unset.
+const DefaultURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+// AdminURL returns the URL of the server tests create their databases on.
+func AdminURL() string {
+	if u := os.Getenv("TEST_DATABASE_URL"); u != "" {
+		return u
+	}
+	return DefaultURL
+}
+
+// DB is one test's database.
+type DB struct {
+	Name string
+	URL  string
+	Pool *pgxpool.Pool
+}
+
+// New creates a fresh database with the outbox schema migrated.
+func New(t testing.TB) *DB {
+	t.Helper()
+	db := NewEmpty(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := outboxsql.Up(ctx, db.Pool, nil); err != nil {
+		t.Fatalf("dbtest: migrate %s: %v", db.Name, err)
+	}
+	return db
+}
+
+// NewEmpty creates a fresh database without running migrations.
+func NewEmpty(t testing.TB) *DB {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	name := "outboxd_test_" + hex.EncodeToString(b[:])
+
+	admin, err := pgx.Connect(ctx, AdminURL())
+	if err != nil {
+		t.Fatalf("dbtest: connect to %s (is PostgreSQL running?): %v", redact(AdminURL()), err)
+	}
+	defer admin.Close(context.Background())
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("dbtest: create database: %v", err)
+	}
+
+	u, err := url.Parse(AdminURL())
+	if err != nil {
+		t.Fatalf("dbtest: parse TEST_DATABASE_URL: %v", err)
+	}
+	u.Path = "/" + name
+	db := &DB{Name: name, URL: u.String()}
+	cfg, err := pgxpool.ParseConfig(db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 16
+	db.Pool, err = pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("dbtest: pool: %v", err)
+	}
+	t.Cleanup(func() {
+		db.Pool.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		admin, err := pgx.Connect(ctx, AdminURL())
+		if err != nil {
+			t.Errorf("dbtest: drop %s: %v", name, err)
+			return
+		}
+		defer admin.Close(context.Background())
+		if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Errorf("dbtest: drop %s: %v", name, err)
+		}
+	})
+	return db
+}
+
+// Exec runs sql on the test database and fails the test on error.
+func (db *DB) Exec(t testing.TB, sql string, args ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := db.Pool.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("dbtest: %s: %v", sql, err)
+	}
+}
+
+// Int64 runs a query returning one bigint.
+func (db *DB) Int64(t testing.TB, sql string, args ...any) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var n int64
+	if err := db.Pool.QueryRow(ctx, sql, args...).Scan(&n); err != nil {
+		t.Fatalf("dbtest: %s: %v", sql, err)
+	}
+	return n
+}
+
+// TerminateOthers kills every backend connected to the test database except
+// the caller's, as an operator's pg_terminate_backend would, and returns how
+// many it killed.
+func (db *DB) TerminateOthers(t testing.TB) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	admin, err := pgx.Connect(ctx, AdminURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	var n int64
+	err = admin.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = $1 AND pid <> pg_backend_pid()`, db.Name).Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	return u.Redacted()
+}
+
+// String names the database for messages.
+func (db *DB) String() string { return fmt.Sprintf("dbtest(%s)", db.Name) }

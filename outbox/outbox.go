@@ -1,0 +1,211 @@
+package outbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// MaxPayloadBytes is the largest payload accepted, as serialised JSON.
+const MaxPayloadBytes = 256 << 10
+
+// MaxTraceparentBytes bounds the stored trace context.
+const MaxTraceparentBytes = 512
+
+var topicRE = regexp.MustCompile(`^[a-z][a-z0-9_.-]{0,63}$`)
+
+// Executor is what Emit needs from the caller's transaction. pgx.Tx,
+// *pgx.Conn and *pgxpool.Pool satisfy it.
+type Executor interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Event is one message to relay.
+type Event struct {
+	// Topic is the event type ("task_event"); it becomes "type" in the
+	// WebSocket envelope. It must match ^[a-z][a-z0-9_.-]{0,63}$.
+	Topic string
+	// Data becomes "data" in the envelope. It must marshal to a JSON object;
+	// json.RawMessage and []byte are taken as already-encoded JSON.
+	Data any
+	// Users are JWT "sub" values; Roles are role names. A union; both empty
+	// means every connected client.
+	Users []string
+	Roles []string
+	// Traceparent overrides the trace context taken from ctx.
+	Traceparent string
+}
+
+var traceparentFunc func(context.Context) string
+
+// SetTraceparentFunc installs the function Emit uses to read the W3C
+// traceparent of the span in ctx. Call it once at start-up.
+func SetTraceparentFunc(f func(context.Context) string) { traceparentFunc = f }
+
+type encoded struct {
+	topic       string
+	payload     []byte
+	users       []string
+	roles       []string
+	traceparent *string
+}
+
+// Validate reports why ev would be refused, or nil.
+func (ev Event) Validate() error {
+	_, err := ev.encode(context.Background())
+	return err
+}
+
+func (ev Event) encode(ctx context.Context) (encoded, error) {
+	if !topicRE.MatchString(ev.Topic) {
+		return encoded{}, fmt.Errorf("%w: topic %q must match %s", ErrInvalidEvent, ev.Topic, topicRE)
+	}
+	var payload []byte
+	switch d := ev.Data.(type) {
+	case json.RawMessage:
+		payload = d
+	case []byte:
+		payload = d
+	case nil:
+		return encoded{}, fmt.Errorf("%w: data is nil; it must be a JSON object", ErrInvalidEvent)
+	default:
+		var err error
+		if payload, err = json.Marshal(d); err != nil {
+			return encoded{}, fmt.Errorf("%w: data: %w", ErrInvalidEvent, err)
+		}
+	}
+	if len(payload) > MaxPayloadBytes {
+		return encoded{}, fmt.Errorf("%w: data is %d bytes, more than %d", ErrInvalidEvent, len(payload), MaxPayloadBytes)
+	}
+	if !isJSONObject(payload) {
+		return encoded{}, fmt.Errorf("%w: data must be a JSON object", ErrInvalidEvent)
+	}
+	if slices.Contains(ev.Users, "") {
+		return encoded{}, fmt.Errorf("%w: empty user id in Users", ErrInvalidEvent)
+	}
+	if slices.Contains(ev.Roles, "") {
+		return encoded{}, fmt.Errorf("%w: empty role in Roles", ErrInvalidEvent)
+	}
+	e := encoded{topic: ev.Topic, payload: payload}
+	if len(ev.Users) > 0 {
+		e.users = ev.Users
+	}
+	if len(ev.Roles) > 0 {
+		e.roles = ev.Roles
+	}
+	tp := ev.Traceparent
+	if tp == "" && traceparentFunc != nil {
+		tp = traceparentFunc(ctx)
+	}
+	if len(tp) > MaxTraceparentBytes {
+		return encoded{}, fmt.Errorf("%w: traceparent longer than %d bytes", ErrInvalidEvent, MaxTraceparentBytes)
+	}
+	if tp != "" {
+		e.traceparent = &tp
+	}
+	return e, nil
+}
+
+func isJSONObject(b []byte) bool {
+	if !json.Valid(b) {
+		return false
+	}
+	for _, c := range b {
+		switch c {
+		case ' ', '\t', '\r', '\n':
+			continue
+		case '{':
+			return true
+		default:
+			return false
+		}
+	}
+	return false
+}
+
+const insertOne = `INSERT INTO outbox.events (topic, payload, target_users, target_roles, traceparent)
+VALUES ($1, $2, $3, $4, $5) RETURNING id`
+
+// Emit inserts ev through tx and returns its outbox id. Call it as the last
+// statement of the transaction (see the package documentation).
+func Emit(ctx context.Context, tx Executor, ev Event) (int64, error) {
+	e, err := ev.encode(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var id int64
+	err = tx.QueryRow(ctx, insertOne, e.topic, e.payload, e.users, e.roles, e.traceparent).Scan(&id)
+	if err != nil {
+		return 0, translate(err)
+	}
+	return id, nil
+}
+
+// Targets are passed as JSON arrays because SQL arrays cannot be ragged.
+const insertMany = `INSERT INTO outbox.events (topic, payload, target_users, target_roles, traceparent)
+SELECT t, p,
+       CASE WHEN u IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(u)) END,
+       CASE WHEN r IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(r)) END,
+       tp
+FROM unnest($1::text[], $2::jsonb[], $3::jsonb[], $4::jsonb[], $5::text[]) WITH ORDINALITY AS x(t, p, u, r, tp, ord)
+ORDER BY ord
+RETURNING id`
+
+// EmitBatch inserts every event in one round trip and returns their ids in
+// the order given. Either every event is valid and inserted, or none is.
+func EmitBatch(ctx context.Context, tx Executor, evs []Event) ([]int64, error) {
+	if len(evs) == 0 {
+		return nil, nil
+	}
+	topics := make([]string, len(evs))
+	payloads := make([]string, len(evs))
+	users := make([]*string, len(evs))
+	roles := make([]*string, len(evs))
+	tps := make([]*string, len(evs))
+	for i, ev := range evs {
+		e, err := ev.encode(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("event %d: %w", i, err)
+		}
+		topics[i], payloads[i], tps[i] = e.topic, string(e.payload), e.traceparent
+		users[i], roles[i] = jsonArray(e.users), jsonArray(e.roles)
+	}
+	// A querier that can only QueryRow still works: the ids come back as
+	// one array.
+	var ids []int64
+	err := tx.QueryRow(ctx, `WITH ins AS (`+insertMany+`) SELECT array_agg(id ORDER BY id) FROM ins`,
+		topics, payloads, users, roles, tps).Scan(&ids)
+	if err != nil {
+		return nil, translate(err)
+	}
+	if len(ids) != len(evs) {
+		return nil, fmt.Errorf("outbox: inserted %d rows for %d events", len(ids), len(evs))
+	}
+	return ids, nil
+}
+
+func jsonArray(ss []string) *string {
+	if ss == nil {
+		return nil
+	}
+	b, _ := json.Marshal(ss) // strings always marshal
+	s := string(b)
+	return &s
+}
+
+// translate turns a CHECK violation into ErrInvalidEvent, naming the
+// constraint; other errors pass through wrapped.
+func translate(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23514" {
+		return fmt.Errorf("%w: refused by %s: %s", ErrInvalidEvent, pgErr.ConstraintName, pgErr.Message)
+	}
+	return fmt.Errorf("outbox: insert: %w", err)
+}

@@ -1,0 +1,51 @@
+// Package relay moves events out of the outbox table: a Sequencer numbers
+// committed rows, a Tailer reads them in that order and hands them to a
+// Dispatcher (the WebSocket hub), and Retention deletes old rows.
+//
+// # Ordering
+//
+// Ids are taken when a producer's INSERT runs, but transactions commit in
+// another order, so id order is not a safe resume cursor: a reader that has
+// seen id 10 may later find id 9 commit. The Sequencer therefore assigns seq,
+// a second, gap-free number, to rows it can SEE, in id order, batch by batch.
+// A row that commits late is simply sequenced in a later batch. seq thus
+// follows visibility order and a client that has seen seq N has seen every
+// seq ≤ N it is entitled to.
+//
+// # Mutual exclusion
+//
+// Any replica may sequence. A batch runs in one READ COMMITTED transaction:
+//
+//  1. SELECT last_seq FROM outbox.relay_state FOR UPDATE SKIP LOCKED;
+//     no row means another replica holds the lock: back off.
+//  2. Number up to BatchSize pending rows from last_seq+1, advance last_seq,
+//     and pg_notify('outbox_seq', last_seq) — one NOTIFY per batch.
+//
+// The two steps are separate statements on purpose: the second takes a new
+// snapshot after the lock is granted, so it sees the previous batch's commit.
+// Folded into one statement, its snapshot could predate that commit and
+// number rows twice. There is no leader election: a sequencer that dies
+// mid-batch has its transaction rolled back, and its lock released, by
+// PostgreSQL.
+//
+// # Wake-ups
+//
+// Producers pay nothing extra: no trigger, no NOTIFY per transaction (a
+// NOTIFY serialises commits on a global lock). The sequencer polls the small
+// partial index of pending rows adaptively: at once while batches come back
+// full, after MinPollInterval when a batch was partial, and with a doubling
+// sleep up to PollInterval while there is nothing to do.
+//
+// Tailers (one per replica) LISTEN on outbox_seq on a dedicated connection
+// and poll every FallbackPoll as well, so a lost notification or a pooler
+// that cannot LISTEN costs latency, never events.
+//
+// # Failure
+//
+// Every query has a timeout. After an error a service waits with capped
+// exponential backoff (100 ms doubling to 1 s) and tries again with a fresh
+// connection from the pool, so it recovers by itself from
+// pg_terminate_backend, a PostgreSQL restart or a network cut. The Tailer's
+// cursor is in memory: it re-reads from its last dispatched seq, so delivery
+// into the Dispatcher is at-least-once and in order; the hub dedupes by seq.
+package relay

@@ -1,0 +1,51 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+)
+
+// Event is a sequenced outbox row.
+type Event struct {
+	ID          int64
+	Seq         int64
+	Topic       string
+	Payload     json.RawMessage
+	Users       []string
+	Roles       []string
+	Traceparent string
+	CreatedAt   time.Time
+}
+
+// Broadcast reports whether the event goes to every client.
+func (e *Event) Broadcast() bool { return len(e.Users) == 0 && len(e.Roles) == 0 }
+
+// Dispatcher receives events in seq order. Dispatch may be called again with
+// events already dispatched (after a reconnect); implementations dedupe by
+// Seq. An error makes the tailer retry the same events after a backoff.
+type Dispatcher interface {
+	Dispatch(ctx context.Context, events []Event) error
+}
+
+// DispatcherFunc adapts a function to Dispatcher.
+type DispatcherFunc func(ctx context.Context, events []Event) error
+
+// Dispatch calls f.
+func (f DispatcherFunc) Dispatch(ctx context.Context, events []Event) error { return f(ctx, events) }
+
+// selectEvents is the column list scanEvent reads.
+const selectEvents = `SELECT id, seq, topic, payload, coalesce(target_users, '{}'), coalesce(target_roles, '{}'),
+       coalesce(traceparent, ''), created_at FROM outbox.events`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanEvent(r scanner, e *Event) error {
+	var payload []byte
+	if err := r.Scan(&e.ID, &e.Seq, &e.Topic, &payload, &e.Users, &e.Roles, &e.Traceparent, &e.CreatedAt); err != nil {
+		return err
+	}
+	e.Payload = payload
+	e.CreatedAt = e.CreatedAt.UTC()
+	return nil
+}

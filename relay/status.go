@@ -1,0 +1,41 @@
+package relay
+
+import (
+	"context"
+	"time"
+)
+
+// Status is the relay's position, as /ws/stats reports it.
+type Status struct {
+	// HeadSeq is the last assigned seq.
+	HeadSeq int64 `json:"head_seq"`
+	// OldestSeq is the oldest retained seq (0 when the table is empty):
+	// clients can resume from OldestSeq-1.
+	OldestSeq int64 `json:"oldest_seq"`
+	// Pending counts rows not yet sequenced.
+	Pending int64 `json:"pending"`
+	// Lag is the age in seconds of the oldest pending row (0 when none).
+	Lag float64 `json:"lag"`
+}
+
+// ReadStatus reads the relay's position from the database.
+func ReadStatus(ctx context.Context, q Querier) (Status, error) {
+	var s Status
+	err := q.QueryRow(ctx, `SELECT
+	  (SELECT last_seq FROM outbox.relay_state),
+	  coalesce((SELECT min(seq) FROM outbox.events WHERE seq IS NOT NULL), 0),
+	  (SELECT count(*) FROM outbox.events WHERE seq IS NULL),
+	  coalesce((SELECT extract(epoch FROM clock_timestamp() - min(created_at))::float8
+	            FROM outbox.events WHERE seq IS NULL), 0)`).Scan(&s.HeadSeq, &s.OldestSeq, &s.Pending, &s.Lag)
+	return s, err
+}
+
+// statusTimeout bounds ReadStatus when called by the stats endpoint.
+const statusTimeout = 2 * time.Second
+
+// ReadStatusTimeout is ReadStatus with its own short timeout.
+func ReadStatusTimeout(ctx context.Context, q Querier) (Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
+	defer cancel()
+	return ReadStatus(ctx, q)
+}
