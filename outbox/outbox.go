@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -43,11 +44,17 @@ type Event struct {
 	Traceparent string
 }
 
-var traceparentFunc func(context.Context) string
+var traceparentFunc atomic.Pointer[func(context.Context) string]
 
 // SetTraceparentFunc installs the function Emit uses to read the W3C
-// traceparent of the span in ctx. Call it once at start-up.
-func SetTraceparentFunc(f func(context.Context) string) { traceparentFunc = f }
+// traceparent of the span in ctx (nil removes it). Call it at start-up.
+func SetTraceparentFunc(f func(context.Context) string) {
+	if f == nil {
+		traceparentFunc.Store(nil)
+		return
+	}
+	traceparentFunc.Store(&f)
+}
 
 type encoded struct {
 	topic       string
@@ -101,8 +108,8 @@ func (ev Event) encode(ctx context.Context) (encoded, error) {
 		e.roles = ev.Roles
 	}
 	tp := ev.Traceparent
-	if tp == "" && traceparentFunc != nil {
-		tp = traceparentFunc(ctx)
+	if f := traceparentFunc.Load(); tp == "" && f != nil {
+		tp = (*f)(ctx)
 	}
 	if len(tp) > MaxTraceparentBytes {
 		return encoded{}, fmt.Errorf("%w: traceparent longer than %d bytes", ErrInvalidEvent, MaxTraceparentBytes)

@@ -506,4 +506,3 @@ func TestTailerStartsAtHead(t *testing.T) {
 		}
 	}
 }
-
