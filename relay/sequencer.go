@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/grupogad/outboxd/internal/backoff"
 	"log/slog"
 	"time"
 
@@ -138,7 +139,7 @@ const pendingSQL = `SELECT EXISTS (SELECT 1 FROM outbox.events WHERE seq IS NULL
 func (s *Sequencer) Start(ctx context.Context) error { return s.StartFunc(ctx, s.run) }
 
 func (s *Sequencer) run(ctx context.Context) {
-	var bo backoff
+	var bo backoff.Backoff
 	idle := s.cfg.MinPollInterval
 	for ctx.Err() == nil {
 		// The batch runs on a context that Stop does not cancel, so a stop
@@ -147,20 +148,20 @@ func (s *Sequencer) run(ctx context.Context) {
 		n, err := s.SequenceOnce(context.WithoutCancel(ctx))
 		switch {
 		case errors.Is(err, ErrLockHeld):
-			bo.reset()
-			if !sleep(ctx, s.cfg.PollInterval) {
+			bo.Reset()
+			if !backoff.Sleep(ctx, s.cfg.PollInterval) {
 				return
 			}
 			continue
 		case err != nil:
 			s.cfg.Logger.Warn("sequencer batch failed; retrying", "err", err)
 			recoverPool(s.pool, err)
-			if !bo.wait(ctx) {
+			if !bo.Wait(ctx) {
 				return
 			}
 			continue
 		}
-		bo.reset()
+		bo.Reset()
 		if n > 0 {
 			if s.cfg.OnBatch != nil {
 				s.cfg.OnBatch(n, time.Since(start))
@@ -169,14 +170,14 @@ func (s *Sequencer) run(ctx context.Context) {
 			if n >= s.cfg.BatchSize {
 				continue
 			}
-			if !sleep(ctx, s.cfg.MinPollInterval) {
+			if !backoff.Sleep(ctx, s.cfg.MinPollInterval) {
 				return
 			}
 			continue
 		}
 		// Idle: probe cheaply with a growing sleep until something is pending.
 		for {
-			if !sleep(ctx, idle) {
+			if !backoff.Sleep(ctx, idle) {
 				return
 			}
 			idle = min(idle*2, s.cfg.PollInterval)

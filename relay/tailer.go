@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"fmt"
+	"github.com/grupogad/outboxd/internal/backoff"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -97,7 +98,7 @@ func (t *Tailer) poke() {
 // listen holds a dedicated connection LISTENing on NotifyChannel and pokes
 // the read loop on every notification and after every (re)connect.
 func (t *Tailer) listen(ctx context.Context) {
-	var bo backoff
+	var bo backoff.Backoff
 	for ctx.Err() == nil {
 		err := t.listenOnce(ctx, &bo)
 		if ctx.Err() != nil {
@@ -105,13 +106,13 @@ func (t *Tailer) listen(ctx context.Context) {
 		}
 		t.cfg.Logger.Warn("tailer listen connection lost; reconnecting", "err", err)
 		recoverPool(t.pool, err)
-		if !bo.wait(ctx) {
+		if !bo.Wait(ctx) {
 			return
 		}
 	}
 }
 
-func (t *Tailer) listenOnce(ctx context.Context, bo *backoff) error {
+func (t *Tailer) listenOnce(ctx context.Context, bo *backoff.Backoff) error {
 	actx, cancel := context.WithTimeout(ctx, t.cfg.QueryTimeout)
 	pc, err := t.pool.Acquire(actx)
 	cancel()
@@ -127,7 +128,7 @@ func (t *Tailer) listenOnce(ctx context.Context, bo *backoff) error {
 	if err != nil {
 		return fmt.Errorf("LISTEN: %w", err)
 	}
-	bo.reset()
+	bo.Reset()
 	t.poke() // catch up with whatever was sequenced while not listening
 	for {
 		n, err := conn.WaitForNotification(ctx)
@@ -143,7 +144,7 @@ func (t *Tailer) listenOnce(ctx context.Context, bo *backoff) error {
 }
 
 func (t *Tailer) run(ctx context.Context) {
-	var bo backoff
+	var bo backoff.Backoff
 	for !t.ready.Load() {
 		if err := t.initCursor(ctx); err != nil {
 			if ctx.Err() != nil {
@@ -151,7 +152,7 @@ func (t *Tailer) run(ctx context.Context) {
 			}
 			t.cfg.Logger.Warn("tailer start position unavailable; retrying", "err", err)
 			recoverPool(t.pool, err)
-			if !bo.wait(ctx) {
+			if !bo.Wait(ctx) {
 				return
 			}
 		}
@@ -165,12 +166,12 @@ func (t *Tailer) run(ctx context.Context) {
 			}
 			t.cfg.Logger.Warn("tailer read failed; retrying", "err", err, "cursor", t.cursor.Load())
 			recoverPool(t.pool, err)
-			if !bo.wait(ctx) {
+			if !bo.Wait(ctx) {
 				return
 			}
 			continue
 		}
-		bo.reset()
+		bo.Reset()
 		select {
 		case <-ctx.Done():
 			return

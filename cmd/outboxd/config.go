@@ -1,0 +1,178 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+
+	"github.com/grupogad/outboxd/observability"
+)
+
+// DevSecretKey signs tokens when ENVIRONMENT is not production and neither
+// SECRET_KEY nor JWKS_URL is set, so the sidecar runs out of the box.
+const DevSecretKey = "outboxd-development-secret-change-me"
+
+// Config is outboxd's configuration, from the environment (DESIGN.md
+// "Configuration"). Every default is written in its tag.
+type Config struct {
+	// DatabaseURL is the PostgreSQL holding the outbox schema.
+	DatabaseURL string `env:"DATABASE_URL" envDefault:"postgres://postgres@localhost:5432/postgres?sslmode=disable"`
+	// ListenAddr is the HTTP address.
+	ListenAddr string `env:"LISTEN_ADDR" envDefault:":8002"`
+	// Environment: production disables /ws/_test/* and requires
+	// SECRET_KEY or JWKS_URL, and ALLOWED_ORIGINS.
+	Environment string `env:"ENVIRONMENT" envDefault:"development"`
+	// SecretKey enables HS256 tokens.
+	SecretKey string `env:"SECRET_KEY"`
+	// JWKSURL enables RS256/ES256 tokens.
+	JWKSURL     string `env:"JWKS_URL"`
+	JWTIssuer   string `env:"JWT_ISSUER"`
+	JWTAudience string `env:"JWT_AUDIENCE"`
+	// JWTRequireExp refuses tokens without exp.
+	JWTRequireExp bool `env:"JWT_REQUIRE_EXP" envDefault:"true"`
+	// AllowedOrigins is a comma list of browser origins; * (the default
+	// outside production) allows any.
+	AllowedOrigins []string `env:"ALLOWED_ORIGINS" envSeparator:","`
+	// HeartbeatInterval between WebSocket pings.
+	HeartbeatInterval time.Duration `env:"HEARTBEAT_INTERVAL" envDefault:"30s"`
+	// WSSendBuffer is each session's live queue, in frames.
+	WSSendBuffer int `env:"WS_SEND_BUFFER" envDefault:"64"`
+	// WSMaxMessageSize is the largest client frame, in bytes.
+	WSMaxMessageSize int64 `env:"WS_MAX_MESSAGE_SIZE" envDefault:"4096"`
+	// RelayBatchSize is the most rows sequenced in one transaction.
+	RelayBatchSize int `env:"RELAY_BATCH_SIZE" envDefault:"5000"`
+	// RelayPollInterval is the longest idle sleep of the sequencer.
+	RelayPollInterval time.Duration `env:"RELAY_POLL_INTERVAL" envDefault:"20ms"`
+	// OutboxRetention is how long sequenced rows are kept for resume.
+	OutboxRetention time.Duration `env:"OUTBOX_RETENTION" envDefault:"24h"`
+	// ReplayMax is the most events a client may replay or lag behind.
+	ReplayMax int64 `env:"REPLAY_MAX" envDefault:"100000"`
+	// AutoMigrate applies migrations at start.
+	AutoMigrate bool `env:"AUTO_MIGRATE" envDefault:"true"`
+	// LogLevel: debug, info, warn, error.
+	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
+	// LogFormat: text or json (default json in production, text elsewhere).
+	LogFormat string `env:"LOG_FORMAT"`
+	// PprofAddr, when set, serves net/http/pprof there (e.g. 127.0.0.1:6060).
+	PprofAddr string `env:"PPROF_ADDR"`
+}
+
+// Production reports whether ENVIRONMENT is production.
+func (c *Config) Production() bool { return c.Environment == "production" }
+
+// LoadConfig reads and validates the environment. The error names every
+// bad variable.
+func LoadConfig(environ map[string]string) (Config, error) {
+	var c Config
+	var problems []string
+	if err := env.ParseWithOptions(&c, env.Options{Environment: environ}); err != nil {
+		var agg env.AggregateError
+		if errors.As(err, &agg) {
+			for _, e := range agg.Errors {
+				problems = append(problems, e.Error())
+			}
+		} else {
+			problems = append(problems, err.Error())
+		}
+	}
+	problems = append(problems, c.validate()...)
+	if len(problems) > 0 {
+		return c, fmt.Errorf("invalid configuration:\n  - %s", strings.Join(problems, "\n  - "))
+	}
+	c.applyDefaults()
+	return c, nil
+}
+
+func (c *Config) validate() []string {
+	var p []string
+	if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		p = append(p, "DATABASE_URL: want postgres://user@host:port/db")
+	}
+	if c.ListenAddr == "" || !strings.Contains(c.ListenAddr, ":") {
+		p = append(p, fmt.Sprintf("LISTEN_ADDR: %q is not host:port", c.ListenAddr))
+	}
+	switch c.Environment {
+	case "development", "test", "staging", "production":
+	default:
+		p = append(p, fmt.Sprintf("ENVIRONMENT: %q; want development, test, staging or production", c.Environment))
+	}
+	if c.Production() {
+		if c.SecretKey == "" && c.JWKSURL == "" {
+			p = append(p, "SECRET_KEY or JWKS_URL: one is required in production")
+		}
+		if len(c.AllowedOrigins) == 0 {
+			p = append(p, "ALLOWED_ORIGINS: required in production")
+		}
+		for _, o := range c.AllowedOrigins {
+			if strings.TrimSpace(o) == "*" {
+				p = append(p, "ALLOWED_ORIGINS: * is not allowed in production")
+			}
+		}
+	}
+	if c.SecretKey != "" && len(c.SecretKey) < 16 {
+		p = append(p, "SECRET_KEY: shorter than 16 bytes")
+	}
+	if c.JWKSURL != "" {
+		if u, err := url.Parse(c.JWKSURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			p = append(p, "JWKS_URL: want an http(s) URL")
+		}
+	}
+	for _, o := range c.AllowedOrigins {
+		o = strings.TrimSpace(o)
+		if o == "*" {
+			continue
+		}
+		if u, err := url.Parse(o); err != nil || u.Scheme == "" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			p = append(p, fmt.Sprintf("ALLOWED_ORIGINS: %q is not an origin like https://app.example.com", o))
+		}
+	}
+	if c.HeartbeatInterval < time.Second || c.HeartbeatInterval > 10*time.Minute {
+		p = append(p, fmt.Sprintf("HEARTBEAT_INTERVAL: %s; want between 1s and 10m", c.HeartbeatInterval))
+	}
+	if c.WSSendBuffer < 8 || c.WSSendBuffer > 65536 {
+		p = append(p, fmt.Sprintf("WS_SEND_BUFFER: %d; want 8 to 65536 frames", c.WSSendBuffer))
+	}
+	if c.WSMaxMessageSize < 128 || c.WSMaxMessageSize > 1<<20 {
+		p = append(p, fmt.Sprintf("WS_MAX_MESSAGE_SIZE: %d; want 128 to 1048576 bytes", c.WSMaxMessageSize))
+	}
+	if c.RelayBatchSize < 1 || c.RelayBatchSize > 100000 {
+		p = append(p, fmt.Sprintf("RELAY_BATCH_SIZE: %d; want 1 to 100000", c.RelayBatchSize))
+	}
+	if c.RelayPollInterval < time.Millisecond || c.RelayPollInterval > time.Minute {
+		p = append(p, fmt.Sprintf("RELAY_POLL_INTERVAL: %s; want 1ms to 1m", c.RelayPollInterval))
+	}
+	if c.OutboxRetention < time.Minute {
+		p = append(p, fmt.Sprintf("OUTBOX_RETENTION: %s; want at least 1m", c.OutboxRetention))
+	}
+	if c.ReplayMax < 1 {
+		p = append(p, fmt.Sprintf("REPLAY_MAX: %d; want at least 1", c.ReplayMax))
+	}
+	if _, err := observability.ParseLevel(c.LogLevel); err != nil {
+		p = append(p, "LOG_LEVEL: "+err.Error())
+	}
+	switch c.LogFormat {
+	case "", "text", "json":
+	default:
+		p = append(p, fmt.Sprintf("LOG_FORMAT: %q; want text or json", c.LogFormat))
+	}
+	return p
+}
+
+func (c *Config) applyDefaults() {
+	for i := range c.AllowedOrigins {
+		c.AllowedOrigins[i] = strings.TrimSpace(c.AllowedOrigins[i])
+	}
+	if len(c.AllowedOrigins) == 0 {
+		c.AllowedOrigins = []string{"*"}
+	}
+	if c.LogFormat == "" {
+		c.LogFormat = "text"
+		if c.Production() {
+			c.LogFormat = "json"
+		}
+	}
+}

@@ -1,0 +1,285 @@
+// Command outboxd is the transactional-outbox sidecar: it relays rows
+// committed to outbox.events, in commit order, to WebSocket clients.
+//
+//	outboxd                      run the sidecar (configuration from the environment)
+//	outboxd migrate [up|down|status]
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/grupogad/outboxd/internal/backoff"
+	"github.com/grupogad/outboxd/observability"
+	"github.com/grupogad/outboxd/relay"
+	outboxsql "github.com/grupogad/outboxd/sql"
+	"github.com/grupogad/outboxd/ws"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], environ(), os.Stdout, os.Stderr))
+}
+
+func environ() map[string]string {
+	m := map[string]string{}
+	for _, kv := range os.Environ() {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+const usage = `outboxd — transactional outbox to WebSocket relay
+
+Usage:
+  outboxd                          run the sidecar
+  outboxd migrate [up|down|status] manage the outbox schema
+  outboxd version                  print the version
+
+Configuration comes from the environment; see README.md.
+`
+
+func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
+	cmd := ""
+	if len(args) > 0 {
+		cmd = args[0]
+	}
+	switch cmd {
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "version", "--version":
+		fmt.Fprintln(stdout, version)
+		return 0
+	}
+	cfg, err := LoadConfig(env)
+	if err != nil {
+		fmt.Fprintln(stderr, "outboxd:", err)
+		return 2
+	}
+	level, _ := observability.ParseLevel(cfg.LogLevel)
+	logger := observability.NewLogger(stderr, level, cfg.LogFormat)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	switch cmd {
+	case "", "serve":
+		if err := serve(ctx, cfg, logger); err != nil {
+			logger.Error("outboxd failed", "err", err)
+			return 1
+		}
+		return 0
+	case "migrate":
+		if err := migrate(ctx, cfg, args[1:], stdout, logger); err != nil {
+			fmt.Fprintln(stderr, "outboxd migrate:", err)
+			return 1
+		}
+		return 0
+	}
+	fmt.Fprintf(stderr, "outboxd: unknown command %q\n\n%s", cmd, usage)
+	return 2
+}
+
+// newPool connects with the session settings every outboxd connection needs:
+// a sequencer that hangs must not hold the relay lock forever.
+func newPool(ctx context.Context, cfg Config) (*pgxpool.Pool, error) {
+	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	rp := pc.ConnConfig.RuntimeParams
+	rp["application_name"] = "outboxd"
+	if _, ok := rp["statement_timeout"]; !ok {
+		rp["statement_timeout"] = "30000"
+	}
+	if _, ok := rp["idle_in_transaction_session_timeout"]; !ok {
+		rp["idle_in_transaction_session_timeout"] = "30000"
+	}
+	if pc.MaxConns < 8 {
+		pc.MaxConns = 8
+	}
+	pc.ConnConfig.ConnectTimeout = 5 * time.Second
+	return pgxpool.NewWithConfig(ctx, pc)
+}
+
+func migrate(ctx context.Context, cfg Config, args []string, stdout io.Writer, logger *slog.Logger) error {
+	pool, err := newPool(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	m, err := outboxsql.NewMigrator(pool, logger)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	sub := "up"
+	if len(args) > 0 {
+		sub = args[0]
+	}
+	switch sub {
+	case "up":
+		vs, err := m.Up(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "applied %d migration(s) %v\n", len(vs), vs)
+	case "down":
+		v, err := m.Down(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "rolled back version %d\n", v)
+	case "status":
+		st, err := m.Status(ctx)
+		if err != nil {
+			return err
+		}
+		for _, s := range st {
+			state := "pending"
+			if s.Applied {
+				state = "applied"
+			}
+			fmt.Fprintf(stdout, "%05d  %-8s %s\n", s.Version, state, s.Path)
+		}
+	default:
+		return fmt.Errorf("unknown subcommand %q: want up, down or status", sub)
+	}
+	return nil
+}
+
+// service is what serve starts and stops.
+type service interface {
+	Start(ctx context.Context) error
+	Stop(ctx context.Context) error
+}
+
+func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
+	secret := cfg.SecretKey
+	if secret == "" && cfg.JWKSURL == "" {
+		secret = DevSecretKey
+		logger.Warn("SECRET_KEY unset: using the development key; never do this in production")
+	}
+	pool, err := newPool(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	// Wait for the database at start, as after a loss: a sidecar may
+	// start before its database.
+	var bo backoff.Backoff
+	for {
+		err := pool.Ping(ctx)
+		if err == nil {
+			break
+		}
+		logger.Warn("database unreachable; retrying", "err", err)
+		if !bo.Wait(ctx) {
+			return nil
+		}
+	}
+	if cfg.AutoMigrate {
+		if err := outboxsql.Up(ctx, pool, logger); err != nil {
+			return err
+		}
+	}
+
+	authCtx, cancelAuth := context.WithCancel(context.Background())
+	defer cancelAuth()
+	auth, err := ws.NewAuthenticator(authCtx, ws.AuthConfig{
+		SecretKey: secret, JWKSURL: cfg.JWKSURL, Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience,
+		RequireExp: cfg.JWTRequireExp,
+	})
+	if err != nil {
+		return err
+	}
+	var seq *relay.Sequencer
+	var tail *relay.Tailer
+	hub := ws.New(auth, pool, ws.Config{
+		Production: cfg.Production(), AllowedOrigins: cfg.AllowedOrigins,
+		HeartbeatInterval: cfg.HeartbeatInterval, SendBuffer: cfg.WSSendBuffer,
+		MaxMessageSize: cfg.WSMaxMessageSize, ReplayMax: cfg.ReplayMax, Logger: logger,
+		Ready: func(context.Context) error {
+			if !seq.Running() || !tail.Ready() {
+				return errors.New("relay not running")
+			}
+			return nil
+		},
+	})
+	if err := hub.Start(ctx); err != nil {
+		return err
+	}
+	head := hub.Head()
+	tail = relay.NewTailer(pool, hub, relay.TailerConfig{StartAfter: &head, Logger: logger})
+	seq = relay.NewSequencer(pool, relay.SequencerConfig{
+		BatchSize: cfg.RelayBatchSize, PollInterval: cfg.RelayPollInterval, Logger: logger,
+	})
+	ret := relay.NewRetention(pool, relay.RetentionConfig{Window: cfg.OutboxRetention, Logger: logger})
+	services := []service{tail, seq, ret}
+	for _, s := range services {
+		if err := s.Start(ctx); err != nil {
+			return err
+		}
+	}
+
+	mux := http.NewServeMux()
+	hub.Routes(mux)
+	srv := &http.Server{Addr: cfg.ListenAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- srv.ListenAndServe() }()
+	if cfg.PprofAddr != "" {
+		go servePprof(cfg.PprofAddr, logger)
+	}
+	logger.Info("outboxd started", "addr", cfg.ListenAddr, "version", version, "environment", cfg.Environment, "head_seq", head)
+
+	select {
+	case <-ctx.Done():
+	case err := <-srvErr:
+		if !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("http server failed", "err", err)
+		}
+	}
+	logger.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	// Order: finish the in-flight batch, stop dispatching, close clients
+	// with 1001, stop HTTP, stop retention.
+	var errs []error
+	errs = append(errs, seq.Stop(sctx), tail.Stop(sctx), hub.Stop(sctx), srv.Shutdown(sctx), ret.Stop(sctx))
+	if err := errors.Join(errs...); err != nil {
+		logger.Warn("shutdown incomplete", "err", err)
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+func servePprof(addr string, logger *slog.Logger) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	logger.Info("pprof listening", "addr", addr)
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	if err := srv.ListenAndServe(); err != nil {
+		logger.Warn("pprof server stopped", "err", err)
+	}
+}

@@ -1,0 +1,221 @@
+package ws
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/MicahParks/keyfunc/v3"
+	"github.com/golang-jwt/jwt/v5"
+	"golang.org/x/time/rate"
+)
+
+// AuthConfig says how tokens are checked.
+type AuthConfig struct {
+	// SecretKey enables HS256.
+	SecretKey string
+	// JWKSURL enables RS256 and ES256 with keys from a JWK Set.
+	JWKSURL string
+	// Issuer and Audience, when set, must match the iss and aud claims.
+	Issuer   string
+	Audience string
+	// RequireExp refuses tokens without exp.
+	RequireExp bool
+	// Leeway tolerates clock skew on exp, nbf and iat (LeewayDefault).
+	Leeway time.Duration
+	// JWKSClient overrides the HTTP client used for JWKSURL (tests).
+	JWKSClient *http.Client
+}
+
+// LeewayDefault is the clock skew tolerated on time claims.
+const LeewayDefault = 30 * time.Second
+
+// Claims is what a validated token says about its holder.
+type Claims struct {
+	UserID  string
+	Roles   []string
+	Expires time.Time // zero when the token has no exp
+}
+
+type tokenClaims struct {
+	jwt.RegisteredClaims
+	Role  string   `json:"role,omitempty"`
+	Roles []string `json:"roles,omitempty"`
+}
+
+// Authenticator validates JWTs. Algorithms are pinned: HS256 only with a
+// secret, RS256/ES256 only with a JWKS; "none" never passes.
+type Authenticator struct {
+	cfg     AuthConfig
+	parser  *jwt.Parser
+	jwks    keyfunc.Keyfunc
+	methods []string
+}
+
+// NewAuthenticator builds an Authenticator. ctx bounds the JWKS refresh
+// goroutine: cancel it to stop refreshing.
+func NewAuthenticator(ctx context.Context, cfg AuthConfig) (*Authenticator, error) {
+	if cfg.SecretKey == "" && cfg.JWKSURL == "" {
+		return nil, errors.New("ws: auth needs SECRET_KEY or JWKS_URL")
+	}
+	if cfg.Leeway == 0 {
+		cfg.Leeway = LeewayDefault
+	}
+	a := &Authenticator{cfg: cfg}
+	if cfg.SecretKey != "" {
+		a.methods = append(a.methods, jwt.SigningMethodHS256.Alg())
+	}
+	if cfg.JWKSURL != "" {
+		noErr := true
+		kf, err := keyfunc.NewDefaultOverrideCtx(ctx, []string{cfg.JWKSURL}, keyfunc.Override{
+			Client:                    cfg.JWKSClient,
+			HTTPTimeout:               5 * time.Second,
+			RateLimitWaitMax:          time.Second,
+			RefreshInterval:           10 * time.Minute,
+			RefreshUnknownKID:         rate.NewLimiter(rate.Every(30*time.Second), 1),
+			NoErrorReturnFirstHTTPReq: &noErr,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("ws: JWKS %s: %w", cfg.JWKSURL, err)
+		}
+		a.jwks = kf
+		a.methods = append(a.methods, jwt.SigningMethodRS256.Alg(), jwt.SigningMethodES256.Alg())
+	}
+	opts := []jwt.ParserOption{jwt.WithValidMethods(a.methods), jwt.WithLeeway(cfg.Leeway), jwt.WithIssuedAt()}
+	if cfg.Issuer != "" {
+		opts = append(opts, jwt.WithIssuer(cfg.Issuer))
+	}
+	if cfg.Audience != "" {
+		opts = append(opts, jwt.WithAudience(cfg.Audience))
+	}
+	if cfg.RequireExp {
+		opts = append(opts, jwt.WithExpirationRequired())
+	}
+	a.parser = jwt.NewParser(opts...)
+	return a, nil
+}
+
+func (a *Authenticator) keyFor(ctx context.Context) jwt.Keyfunc {
+	return func(t *jwt.Token) (any, error) {
+		switch t.Method.Alg() {
+		case jwt.SigningMethodHS256.Alg():
+			if a.cfg.SecretKey == "" {
+				return nil, errors.New("HS256 is not enabled")
+			}
+			return []byte(a.cfg.SecretKey), nil
+		default:
+			if a.jwks == nil {
+				return nil, fmt.Errorf("%s is not enabled", t.Method.Alg())
+			}
+			return a.jwks.KeyfuncCtx(ctx)(t)
+		}
+	}
+}
+
+// MaxTokenBytes bounds the token accepted, before any parsing.
+const MaxTokenBytes = 8 << 10
+
+// Validate checks raw and returns its claims, or an error that says why the
+// token was refused (safe to show the client: it never echoes the token).
+func (a *Authenticator) Validate(ctx context.Context, raw string) (Claims, error) {
+	if raw == "" {
+		return Claims{}, errors.New("token missing: pass ?token= or Authorization: Bearer")
+	}
+	if len(raw) > MaxTokenBytes {
+		return Claims{}, fmt.Errorf("token longer than %d bytes", MaxTokenBytes)
+	}
+	var tc tokenClaims
+	if _, err := a.parser.ParseWithClaims(raw, &tc, a.keyFor(ctx)); err != nil {
+		return Claims{}, describeJWTError(err)
+	}
+	if strings.TrimSpace(tc.Subject) == "" {
+		return Claims{}, errors.New("token has no sub claim")
+	}
+	c := Claims{UserID: tc.Subject}
+	if tc.ExpiresAt != nil {
+		c.Expires = tc.ExpiresAt.Time
+	}
+	roles := tc.Roles
+	if tc.Role != "" {
+		roles = append([]string{tc.Role}, roles...)
+	}
+	for _, r := range roles {
+		if r != "" && !slices.Contains(c.Roles, r) {
+			c.Roles = append(c.Roles, r)
+		}
+	}
+	if c.Roles == nil {
+		c.Roles = []string{}
+	}
+	return c, nil
+}
+
+func describeJWTError(err error) error {
+	switch {
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return errors.New("token malformed")
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
+		return errors.New("token signature invalid")
+	case errors.Is(err, jwt.ErrTokenUnverifiable):
+		return errors.New("token unverifiable: algorithm not accepted or key unknown")
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return errors.New("token has no exp claim")
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return errors.New("token expired")
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return errors.New("token not valid yet")
+	case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return errors.New("token issued in the future")
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return errors.New("token issuer not accepted")
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return errors.New("token audience not accepted")
+	case errors.Is(err, jwt.ErrTokenInvalidClaims):
+		return errors.New("token claims invalid")
+	}
+	return errors.New("token invalid")
+}
+
+// Mint signs an HS256 development token. It fails without a secret key.
+func (a *Authenticator) Mint(sub string, roles []string, ttl time.Duration) (string, error) {
+	return MintHS256(a.cfg.SecretKey, sub, roles, ttl)
+}
+
+// MintHS256 signs a token for sub with the given roles, valid for ttl.
+func MintHS256(secret, sub string, roles []string, ttl time.Duration) (string, error) {
+	if secret == "" {
+		return "", errors.New("no SECRET_KEY to sign with")
+	}
+	now := time.Now()
+	claims := tokenClaims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Subject:   sub,
+			IssuedAt:  jwt.NewNumericDate(now),
+			ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+		},
+	}
+	switch len(roles) {
+	case 0:
+	case 1:
+		claims.Role = roles[0]
+	default:
+		claims.Roles = roles
+	}
+	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(secret))
+}
+
+// tokenFromRequest reads the token from ?token= or Authorization: Bearer.
+func tokenFromRequest(r *http.Request) string {
+	if t := r.URL.Query().Get("token"); t != "" {
+		return t
+	}
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
+}

@@ -1,0 +1,263 @@
+package ws
+
+import (
+	"context"
+	"github.com/grupogad/outboxd/internal/backoff"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/olahol/melody"
+
+	"github.com/grupogad/outboxd/relay"
+)
+
+type clientState int
+
+const (
+	stateLive    clientState = iota // events come from Dispatch
+	stateCatchUp                    // events come from the table, by catchUp
+	stateClosed
+)
+
+// controlReserve is how many queue slots live events leave free for control
+// frames (pong, error), so a busy client still gets its pongs.
+const controlReserve = 4
+
+// catchUpBatch is how many rows one catch-up read takes.
+const catchUpBatch = 256
+
+// client is one WebSocket session.
+type client struct {
+	hub    *Hub
+	sess   *melody.Session
+	userID string
+	roles  []string
+	exp    time.Time
+	remote string
+
+	heapIdx int // position in Hub.expiries; guarded by Hub.mu
+
+	since    int64
+	hasSince bool
+
+	// mark is Dispatch's visit stamp (routing.each); only Dispatch touches it.
+	mark uint64
+
+	mu     sync.Mutex
+	state  clientState
+	cursor int64 // every seq ≤ cursor was delivered or is not for this client
+
+	// inflight counts frames queued in melody and not yet written, so that a
+	// write never meets a full melody queue (which would drop the frame).
+	inflight atomic.Int32
+	sent     chan struct{} // poked by HandleSentMessage
+	done     chan struct{} // closed on disconnect
+	doneOnce sync.Once
+}
+
+func (c *client) reserve(limit int32) bool {
+	if c.inflight.Add(1) > limit {
+		c.inflight.Add(-1)
+		return false
+	}
+	return true
+}
+
+// writeControl queues a control frame if there is room.
+func (c *client) writeControl(frame []byte) bool {
+	if !c.reserve(int32(c.hub.cfg.SendBuffer)) {
+		c.hub.metrics.sendError("queue_full")
+		return false
+	}
+	if err := c.sess.Write(frame); err != nil {
+		c.inflight.Add(-1)
+		return false
+	}
+	return true
+}
+
+// deliverLive is Dispatch's path: write if live and there is room, else
+// switch to catching up from the table.
+func (c *client) deliverLive(seq int64, frame []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateLive || seq <= c.cursor {
+		return
+	}
+	if !c.reserve(int32(c.hub.cfg.SendBuffer - controlReserve)) {
+		c.state = stateCatchUp
+		c.hub.metrics.catchUp()
+		go c.catchUp(false)
+		return
+	}
+	if err := c.sess.Write(frame); err != nil {
+		c.inflight.Add(-1)
+		return
+	}
+	c.cursor = seq
+	c.hub.metrics.eventQueued()
+}
+
+func (c *client) onSent() {
+	c.inflight.Add(-1)
+	select {
+	case c.sent <- struct{}{}:
+	default:
+	}
+}
+
+func (c *client) markDone() {
+	c.doneOnce.Do(func() {
+		c.mu.Lock()
+		c.state = stateClosed
+		c.mu.Unlock()
+		close(c.done)
+	})
+}
+
+func (c *client) closed() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// closeWith sends a close frame straight on the connection — never through
+// melody's queue, which may be full — and closes it. WriteControl is safe
+// concurrently with melody's writer.
+func (c *client) closeWith(ce CloseError) {
+	conn := c.sess.WebsocketConnection()
+	_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(ce.Code, ce.Reason),
+		time.Now().Add(time.Second))
+	_ = conn.Close()
+}
+
+// catchUp replays from the table at the pace the socket accepts, then
+// rejoins live delivery. resume is true for a connect with since=, where a
+// too-old cursor gets resync_required instead of a close.
+func (c *client) catchUp(resume bool) {
+	h := c.hub
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-c.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if resume && !c.checkResume(ctx) {
+		return
+	}
+	var bo backoff.Backoff
+	buf := make([]relay.Event, 0, catchUpBatch)
+	for !c.closed() {
+		c.mu.Lock()
+		cursor := c.cursor
+		c.mu.Unlock()
+		if behind := h.head.Load() - cursor; behind > h.cfg.ReplayMax {
+			h.metrics.drop("too_far_behind")
+			c.closeWith(CloseTooFarBehind)
+			return
+		}
+		var page catchUpPage
+		var err error
+		page, buf, err = h.readEntitled(ctx, cursor, c, catchUpBatch, buf[:0])
+		if err != nil {
+			if ctx.Err() == nil {
+				h.cfg.Logger.Warn("catch-up read failed; retrying", "err", err, "user", c.userID)
+			}
+			if !bo.Wait(ctx) {
+				return
+			}
+			continue
+		}
+		bo.Reset()
+		if page.pastRetention(cursor) {
+			h.metrics.drop("past_retention")
+			c.closeWith(ClosePastRetention)
+			return
+		}
+		for i := range buf {
+			if !c.waitForRoom(ctx) {
+				return
+			}
+			frame := encodeEvent(&buf[i])
+			c.mu.Lock()
+			if err := c.sess.Write(frame); err != nil {
+				c.mu.Unlock()
+				c.inflight.Add(-1)
+				return
+			}
+			c.cursor = buf[i].Seq
+			c.mu.Unlock()
+			h.metrics.eventQueued()
+		}
+		c.mu.Lock()
+		if len(buf) < catchUpBatch && page.head > c.cursor {
+			c.cursor = page.head // nothing else up to the snapshot's head is ours
+		}
+		// Rejoin live once every announced event is covered: Dispatch
+		// announces head before delivering, so any event not covered by
+		// cursor reaches us live from now on.
+		if c.cursor >= h.head.Load() && c.state == stateCatchUp {
+			c.state = stateLive
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+	}
+}
+
+// waitForRoom blocks until the melody queue has room for an event.
+func (c *client) waitForRoom(ctx context.Context) bool {
+	limit := int32(c.hub.cfg.SendBuffer - controlReserve)
+	for !c.reserve(limit) {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-c.sent:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return true
+}
+
+// checkResume decides, for since=N, between replaying and resync_required.
+// It returns false if the client went away.
+func (c *client) checkResume(ctx context.Context) bool {
+	h := c.hub
+	var bo backoff.Backoff
+	for {
+		st, err := h.resumeStatus(ctx, c.since, c)
+		if err == nil {
+			if st.entitled > h.cfg.ReplayMax || st.pastRetention(c.since) || c.since > st.head {
+				h.metrics.resync()
+				oldest := st.oldest
+				if oldest == 0 {
+					oldest = st.head + 1
+				}
+				c.writeControl(encodeControl(TypeResyncRequired, ResyncData{OldestSeq: oldest}))
+				c.mu.Lock()
+				if c.state == stateCatchUp {
+					c.cursor = max(c.cursor, h.head.Load())
+					c.state = stateLive
+				}
+				c.mu.Unlock()
+				return false
+			}
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		h.cfg.Logger.Warn("resume check failed; retrying", "err", err)
+		if !bo.Wait(ctx) {
+			return false
+		}
+	}
+}

@@ -1,0 +1,67 @@
+package ws
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// Defaults for Config.
+const (
+	HeartbeatIntervalDefault = 30 * time.Second
+	SendBufferDefault        = 64
+	MaxMessageSizeDefault    = 4096
+	ReplayMaxDefault         = 100000
+	WriteTimeoutDefault      = 10 * time.Second
+)
+
+// Config configures the Hub. Zero values take the defaults.
+type Config struct {
+	// Production disables /ws/_test/* (HTTP 403 {"status":"forbidden"}).
+	Production bool
+	// AllowedOrigins lists browser origins allowed to connect
+	// ("https://app.example"); "*" allows any. Requests without an Origin
+	// header (non-browser clients) are allowed.
+	AllowedOrigins []string
+	// HeartbeatInterval between WebSocket pings (30 s); a client that does
+	// not answer within 1.5 × interval is closed.
+	HeartbeatInterval time.Duration
+	// SendBuffer is each session's live queue, in frames (64). When it
+	// fills, the session catches up from the table instead.
+	SendBuffer int
+	// MaxMessageSize is the largest client frame, in bytes (4096); larger
+	// ones close the connection with 1009.
+	MaxMessageSize int64
+	// ReplayMax is the most events a client may be behind, or replay on
+	// resume (100000).
+	ReplayMax int64
+	// WriteTimeout bounds one socket write (10 s).
+	WriteTimeout time.Duration
+	// Ready reports whether the relay is running, for /readyz.
+	Ready  func(ctx context.Context) error
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = HeartbeatIntervalDefault
+	}
+	if c.SendBuffer <= controlReserve {
+		c.SendBuffer = SendBufferDefault
+	}
+	if c.MaxMessageSize <= 0 {
+		c.MaxMessageSize = MaxMessageSizeDefault
+	}
+	if c.ReplayMax <= 0 {
+		c.ReplayMax = ReplayMaxDefault
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = WriteTimeoutDefault
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if len(c.AllowedOrigins) == 0 {
+		c.AllowedOrigins = []string{"*"}
+	}
+}

@@ -1,0 +1,250 @@
+package ws
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/grupogad/outboxd/relay"
+)
+
+// Routes registers the hub's endpoints on mux:
+// /ws/connect, /ws/stats, /ws/_test/broadcast, /ws/_test/token, /healthz, /readyz.
+func (h *Hub) Routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /ws/connect", h.handleConnect)
+	mux.HandleFunc("GET /ws/stats", h.handleStats)
+	mux.HandleFunc("POST /ws/_test/broadcast", h.handleTestBroadcast)
+	mux.HandleFunc("POST /ws/_test/token", h.handleTestToken)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", h.handleReady)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+type httpError struct {
+	Error  string `json:"error"`
+	Detail string `json:"detail"`
+}
+
+func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
+	if h.closing.Load() {
+		h.metrics.reject("shutting_down")
+		writeJSON(w, http.StatusServiceUnavailable, httpError{"shutting_down", "server is shutting down: reconnect to another replica"})
+		return
+	}
+	if !h.originAllowed(r) {
+		h.metrics.reject("origin")
+		writeJSON(w, http.StatusForbidden, httpError{"forbidden_origin", "origin not allowed"})
+		return
+	}
+	claims, err := h.auth.Validate(r.Context(), tokenFromRequest(r))
+	if err != nil {
+		h.metrics.reject("invalid_token")
+		writeJSON(w, http.StatusUnauthorized, httpError{"invalid_token", err.Error()})
+		return
+	}
+	since, hasSince, err := ParseSince(r.URL.Query().Get("since"))
+	if err != nil {
+		h.metrics.reject("invalid_since")
+		writeJSON(w, http.StatusBadRequest, httpError{"invalid_since", err.Error()})
+		return
+	}
+	c := &client{
+		hub: h, userID: claims.UserID, roles: claims.Roles, exp: claims.Expires,
+		remote: r.RemoteAddr, since: since, hasSince: hasSince, heapIdx: -1,
+		sent: make(chan struct{}, 1), done: make(chan struct{}),
+	}
+	// The token stays out of every log: melody keeps the request, so drop
+	// it from the URL too.
+	r.URL.RawQuery = ""
+	r.Header.Del("Authorization")
+	if err := h.m.HandleRequestWithKeys(w, r, map[string]any{clientKey: c}); err != nil {
+		h.metrics.reject("upgrade")
+		h.cfg.Logger.Debug("upgrade failed", "err", err, "remote", r.RemoteAddr)
+	}
+}
+
+// Stats is /ws/stats's "stats" object: the seed's fields, plus relay.
+type Stats struct {
+	TotalConnections  int             `json:"total_connections"`
+	ConnectionsByRole map[string]int  `json:"connections_by_role"`
+	UniqueUsers       int             `json:"unique_users"`
+	HeartbeatActive   bool            `json:"heartbeat_active"`
+	HeartbeatInterval int             `json:"heartbeat_interval"`
+	Metrics           MetricsSnapshot `json:"metrics"`
+	Relay             RelayStats      `json:"relay"`
+}
+
+// RelayStats is the relay's position as seen by this replica.
+type RelayStats struct {
+	relay.Status
+	// DispatchedSeq is the last seq this replica's hub delivered.
+	DispatchedSeq int64  `json:"dispatched_seq"`
+	Error         string `json:"error,omitempty"`
+}
+
+// Stats returns the current statistics.
+func (h *Hub) Stats(ctx context.Context) Stats {
+	h.mu.RLock()
+	s := Stats{
+		TotalConnections:  len(h.routes.all),
+		ConnectionsByRole: make(map[string]int, len(h.routes.byRole)),
+		UniqueUsers:       len(h.routes.byUser),
+		HeartbeatActive:   true,
+		HeartbeatInterval: int(h.cfg.HeartbeatInterval / time.Second),
+	}
+	for role, set := range h.routes.byRole {
+		s.ConnectionsByRole[role] = len(set)
+	}
+	h.mu.RUnlock()
+	s.Metrics = h.metrics.snapshot()
+	s.Relay.DispatchedSeq = h.head.Load()
+	st, err := relay.ReadStatusTimeout(ctx, h.pool)
+	if err != nil {
+		s.Relay.Error = "database unavailable"
+	}
+	s.Relay.Status = st
+	return s
+}
+
+func (h *Hub) handleStats(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{
+		"status":    "ok",
+		"stats":     h.Stats(r.Context()),
+		"timestamp": formatTime(time.Now()),
+	})
+}
+
+const maxTestBody = 16 << 10
+
+func (h *Hub) handleTestBroadcast(w http.ResponseWriter, r *http.Request) {
+	if h.cfg.Production {
+		writeJSON(w, http.StatusForbidden, map[string]string{"status": "forbidden"})
+		return
+	}
+	n := NotificationData{Title: "BroadcastTest", Content: "Mensaje de prueba", Level: "info"}
+	if err := decodeOptionalBody(r, &n); err != nil {
+		writeJSON(w, http.StatusBadRequest, httpError{"invalid_body", err.Error()})
+		return
+	}
+	sent := h.Broadcast(n)
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "sent": sent, "metrics": h.metrics.snapshot()})
+}
+
+// Broadcast sends a notification frame to every connection and returns
+// how many it was queued for.
+func (h *Hub) Broadcast(n NotificationData) int {
+	frame := encodeControl(TypeNotification, n)
+	h.mu.RLock()
+	clients := make([]*client, 0, len(h.routes.all))
+	for c := range h.routes.all {
+		clients = append(clients, c)
+	}
+	h.mu.RUnlock()
+	sent := 0
+	for _, c := range clients {
+		if c.writeControl(frame) {
+			sent++
+		}
+	}
+	h.metrics.broadcast(sent)
+	return sent
+}
+
+// decodeOptionalBody decodes a JSON object body into v; an empty body keeps v.
+func decodeOptionalBody(r *http.Request, v any) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxTestBody+1))
+	if err != nil {
+		return err
+	}
+	if len(body) > maxTestBody {
+		return errBodyTooLarge
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return nil
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+type bodyError string
+
+func (e bodyError) Error() string { return string(e) }
+
+const errBodyTooLarge = bodyError("body larger than 16 KiB")
+
+// MaxTestTokenTTL bounds development tokens.
+const MaxTestTokenTTL = 24 * time.Hour
+
+func (h *Hub) handleTestToken(w http.ResponseWriter, r *http.Request) {
+	if h.cfg.Production {
+		writeJSON(w, http.StatusForbidden, map[string]string{"status": "forbidden"})
+		return
+	}
+	req := struct {
+		Sub   string   `json:"sub"`
+		Role  string   `json:"role"`
+		Roles []string `json:"roles"`
+		TTL   int      `json:"ttl"`
+	}{Sub: "dev-user", TTL: 3600}
+	if err := decodeOptionalBody(r, &req); err != nil {
+		writeJSON(w, http.StatusBadRequest, httpError{"invalid_body", err.Error()})
+		return
+	}
+	ttl := time.Duration(req.TTL) * time.Second
+	if req.Sub == "" || ttl <= 0 || ttl > MaxTestTokenTTL {
+		writeJSON(w, http.StatusBadRequest, httpError{"invalid_body", "sub must be non-empty and ttl between 1 and 86400 seconds"})
+		return
+	}
+	roles := req.Roles
+	if req.Role != "" {
+		roles = append([]string{req.Role}, roles...)
+	}
+	tok, err := h.auth.Mint(req.Sub, roles, ttl)
+	if err != nil {
+		writeJSON(w, http.StatusNotImplemented, httpError{"no_secret_key", err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"token": tok})
+}
+
+func (h *Hub) handleReady(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	checks := map[string]string{}
+	status := http.StatusOK
+	if err := h.pool.Ping(ctx); err != nil {
+		checks["database"] = "unreachable"
+		status = http.StatusServiceUnavailable
+	} else {
+		checks["database"] = "ok"
+	}
+	if h.cfg.Ready != nil {
+		if err := h.cfg.Ready(ctx); err != nil {
+			checks["relay"] = err.Error()
+			status = http.StatusServiceUnavailable
+		} else {
+			checks["relay"] = "ok"
+		}
+	}
+	if h.closing.Load() {
+		checks["hub"] = "shutting down"
+		status = http.StatusServiceUnavailable
+	}
+	word := "ok"
+	if status != http.StatusOK {
+		word = "unavailable"
+	}
+	writeJSON(w, status, map[string]any{"status": word, "checks": checks})
+}

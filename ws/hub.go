@@ -1,0 +1,252 @@
+package ws
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/olahol/melody"
+
+	"github.com/grupogad/outboxd/internal/startstop"
+	"github.com/grupogad/outboxd/relay"
+)
+
+const clientKey = "outboxd.client"
+
+// Hub is the WebSocket side of outboxd: it authenticates connections,
+// routes relayed events to them and implements relay.Dispatcher.
+type Hub struct {
+	startstop.Base
+	cfg     Config
+	auth    *Authenticator
+	pool    *pgxpool.Pool
+	m       *melody.Melody
+	metrics *hubMetrics
+
+	// head is the newest seq Dispatch has announced. It is raised BEFORE the
+	// events are delivered, so a catching-up client that sees cursor ≥ head
+	// can rejoin live without a gap.
+	head atomic.Int64
+	// dispatched is the last seq Dispatch delivered (dedupe of the
+	// tailer's at-least-once delivery); only Dispatch touches it.
+	dispatched int64
+	gen        uint64
+
+	mu       sync.RWMutex
+	routes   routing
+	expiries expiryHeap
+
+	closing atomic.Bool
+}
+
+// New returns a Hub. auth and pool are required.
+func New(auth *Authenticator, pool *pgxpool.Pool, cfg Config) *Hub {
+	cfg.setDefaults()
+	h := &Hub{cfg: cfg, auth: auth, pool: pool, metrics: newHubMetrics(), routes: newRouting()}
+	m := melody.New()
+	m.Config.MessageBufferSize = cfg.SendBuffer
+	m.Config.MaxMessageSize = cfg.MaxMessageSize
+	m.Config.PingPeriod = cfg.HeartbeatInterval
+	m.Config.PongWait = cfg.HeartbeatInterval * 3 / 2
+	m.Config.WriteWait = cfg.WriteTimeout
+	m.Upgrader.CheckOrigin = func(*http.Request) bool { return true } // checked before the upgrade
+	m.HandleConnect(h.onConnect)
+	m.HandleDisconnect(h.onDisconnect)
+	m.HandleMessage(h.onMessage)
+	m.HandleMessageBinary(func(s *melody.Session, _ []byte) {
+		if c := sessionClient(s); c != nil {
+			c.writeControl(encodeControl(TypeError, ErrorData{Code: ErrCodeBadJSON, Message: "binary frames are not supported"}))
+		}
+	})
+	m.HandleSentMessage(func(s *melody.Session, _ []byte) {
+		if c := sessionClient(s); c != nil {
+			c.onSent()
+		}
+	})
+	m.HandleError(h.onError)
+	h.m = m
+	return h
+}
+
+func sessionClient(s *melody.Session) *client {
+	v, _ := s.Get(clientKey)
+	c, _ := v.(*client)
+	return c
+}
+
+// Start reads the relay head (so that live clients start from it) and
+// launches the token-expiry sweeper. It returns the head, which the
+// tailer should start after.
+func (h *Hub) Start(ctx context.Context) error {
+	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
+	var head int64
+	if err := h.pool.QueryRow(qctx, `SELECT last_seq FROM outbox.relay_state`).Scan(&head); err != nil {
+		return fmt.Errorf("ws: read relay head: %w", err)
+	}
+	h.head.Store(head)
+	h.dispatched = head
+	return h.StartFunc(ctx, h.sweepExpired)
+}
+
+// Head is the newest seq announced to clients.
+func (h *Hub) Head() int64 { return h.head.Load() }
+
+// Stop closes every client with 1001 (reconnect with since), refuses new
+// upgrades with 503 and waits for sessions to end or ctx to expire.
+func (h *Hub) Stop(ctx context.Context) error {
+	if h.closing.Swap(true) {
+		return h.Base.Stop(ctx)
+	}
+	h.mu.RLock()
+	clients := make([]*client, 0, len(h.routes.all))
+	for c := range h.routes.all {
+		clients = append(clients, c)
+	}
+	h.mu.RUnlock()
+	for _, c := range clients {
+		c.closeWith(CloseGoingAway)
+	}
+	var err error
+	for h.m.Len() > 0 {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("ws: %d sessions still open: %w", h.m.Len(), ctx.Err())
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_ = h.m.Close()
+	return errors.Join(err, h.Base.Stop(ctx))
+}
+
+func (h *Hub) sweepExpired(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			h.mu.Lock()
+			expired := h.expiries.popExpired(now)
+			h.mu.Unlock()
+			for _, c := range expired {
+				h.metrics.drop("token_expired")
+				c.closeWith(CloseTokenExpired)
+			}
+		}
+	}
+}
+
+// Dispatch delivers events (in seq order) to their recipients. It is the
+// relay.Dispatcher; events at or below the last dispatched seq are skipped.
+func (h *Hub) Dispatch(_ context.Context, events []relay.Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	if last := events[len(events)-1].Seq; last > h.head.Load() {
+		h.head.Store(last) // announce first: see Hub.head
+	}
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for i := range events {
+		e := &events[i]
+		if e.Seq <= h.dispatched {
+			continue
+		}
+		frame := encodeEvent(e)
+		h.gen++
+		h.routes.each(e.Users, e.Roles, h.gen, func(c *client) { c.deliverLive(e.Seq, frame) })
+		h.dispatched = e.Seq
+	}
+	return nil
+}
+
+var _ relay.Dispatcher = (*Hub)(nil)
+
+func (h *Hub) onConnect(s *melody.Session) {
+	c := sessionClient(s)
+	c.sess = s
+	head := h.head.Load()
+	c.writeControl(encodeControl(TypeWelcome, WelcomeData{
+		UserID: c.userID, Roles: c.roles, HeadSeq: head,
+		HeartbeatInterval: int(h.cfg.HeartbeatInterval / time.Second),
+	}))
+	h.mu.Lock()
+	c.mu.Lock()
+	if c.hasSince {
+		c.cursor, c.state = c.since, stateCatchUp
+	} else {
+		c.cursor, c.state = h.head.Load(), stateLive
+	}
+	c.mu.Unlock()
+	h.routes.add(c)
+	h.expiries.add(c)
+	h.mu.Unlock()
+	if c.hasSince {
+		go c.catchUp(true)
+	}
+	h.cfg.Logger.Debug("client connected", "user", c.userID, "roles", c.roles, "remote", c.remote, "since", c.since)
+}
+
+func (h *Hub) onDisconnect(s *melody.Session) {
+	c := sessionClient(s)
+	if c == nil {
+		return
+	}
+	c.markDone()
+	h.mu.Lock()
+	h.routes.remove(c)
+	h.expiries.remove(c)
+	h.mu.Unlock()
+	h.cfg.Logger.Debug("client disconnected", "user", c.userID, "remote", c.remote)
+}
+
+func (h *Hub) onMessage(s *melody.Session, b []byte) {
+	c := sessionClient(s)
+	if c == nil {
+		return
+	}
+	if _, bad := DecodeClientMessage(b); bad != nil {
+		c.writeControl(encodeControl(TypeError, bad))
+		return
+	}
+	c.writeControl(encodeControl(TypePong, nil))
+}
+
+func (h *Hub) onError(s *melody.Session, err error) {
+	// Never close from here: melody calls this handler from inside its
+	// own write path (see DESIGN "Known traps").
+	switch {
+	case errors.Is(err, melody.ErrMessageBufferFull):
+		h.metrics.sendError("queue_full")
+	case errors.Is(err, melody.ErrWriteClosed), errors.Is(err, melody.ErrSessionClosed):
+	case isTimeout(err):
+		h.metrics.sendError("write_timeout")
+	}
+}
+
+func isTimeout(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
+}
+
+// originAllowed checks the Origin header against AllowedOrigins.
+func (h *Hub) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	for _, o := range h.cfg.AllowedOrigins {
+		if o == "*" || strings.EqualFold(strings.TrimRight(o, "/"), origin) {
+			return true
+		}
+	}
+	return false
+}

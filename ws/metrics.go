@@ -1,0 +1,87 @@
+package ws
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// hubMetrics are the hub's counters: the single source for /ws/stats (and
+// for the Prometheus exporter, which reads them through Observer).
+type hubMetrics struct {
+	messagesSent  atomic.Int64 // event and notification frames queued
+	broadcasts    atomic.Int64 // test broadcasts
+	sendErrors    atomic.Int64
+	lastBroadcast atomic.Int64 // unix nanoseconds; 0 = never
+	catchUps      atomic.Int64 // live queue full → catch-up from table
+	resyncs       atomic.Int64
+
+	mu         sync.Mutex
+	drops      map[string]int64 // closes by reason
+	rejections map[string]int64 // refused connects by reason
+	errors     map[string]int64 // send errors by reason
+}
+
+func newHubMetrics() *hubMetrics {
+	return &hubMetrics{drops: map[string]int64{}, rejections: map[string]int64{}, errors: map[string]int64{}}
+}
+
+func (m *hubMetrics) eventQueued() { m.messagesSent.Add(1) }
+func (m *hubMetrics) catchUp()     { m.catchUps.Add(1) }
+func (m *hubMetrics) resync()      { m.resyncs.Add(1) }
+
+func (m *hubMetrics) bump(into map[string]int64, reason string) {
+	m.mu.Lock()
+	into[reason]++
+	m.mu.Unlock()
+}
+
+func (m *hubMetrics) drop(reason string)   { m.bump(m.drops, reason) }
+func (m *hubMetrics) reject(reason string) { m.bump(m.rejections, reason) }
+func (m *hubMetrics) sendError(reason string) {
+	m.sendErrors.Add(1)
+	m.bump(m.errors, reason)
+}
+
+func (m *hubMetrics) broadcast(sent int) {
+	m.broadcasts.Add(1)
+	m.messagesSent.Add(int64(sent))
+	m.lastBroadcast.Store(time.Now().UnixNano())
+}
+
+// MetricsSnapshot is the seed's stats.metrics object.
+type MetricsSnapshot struct {
+	TotalMessagesSent int64   `json:"total_messages_sent"`
+	TotalBroadcasts   int64   `json:"total_broadcasts"`
+	TotalSendErrors   int64   `json:"total_send_errors"`
+	LastBroadcastAt   *string `json:"last_broadcast_at"`
+}
+
+func (m *hubMetrics) snapshot() MetricsSnapshot {
+	s := MetricsSnapshot{
+		TotalMessagesSent: m.messagesSent.Load(),
+		TotalBroadcasts:   m.broadcasts.Load(),
+		TotalSendErrors:   m.sendErrors.Load(),
+	}
+	if ns := m.lastBroadcast.Load(); ns != 0 {
+		t := formatTime(time.Unix(0, ns))
+		s.LastBroadcastAt = &t
+	}
+	return s
+}
+
+// Counts returns copies of the per-reason counters: closes ("drops"),
+// refused connects and send errors.
+func (h *Hub) Counts() (drops, rejections, sendErrors map[string]int64) {
+	m := h.metrics
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cp := func(src map[string]int64) map[string]int64 {
+		out := make(map[string]int64, len(src))
+		for k, v := range src {
+			out[k] = v
+		}
+		return out
+	}
+	return cp(m.drops), cp(m.rejections), cp(m.errors)
+}

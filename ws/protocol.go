@@ -1,0 +1,163 @@
+package ws
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/grupogad/outboxd/relay"
+)
+
+// Message types sent by the server besides event topics.
+const (
+	TypeWelcome        = "welcome"
+	TypeResyncRequired = "resync_required"
+	TypePong           = "pong"
+	TypeError          = "error"
+	TypeNotification   = "notification"
+)
+
+// CloseError is a documented reason the server closes a connection.
+//
+//	code  meaning                                   client should
+//	1001  server shutting down                      reconnect with since
+//	1009  message too big (WS_MAX_MESSAGE_SIZE)     fix the client
+//	4001  token expired                             refresh the token, reconnect
+//	4008  too far behind, past retention, or slow   reconnect with since: nothing is lost
+type CloseError struct {
+	Code   int
+	Reason string
+}
+
+func (e CloseError) Error() string { return fmt.Sprintf("close %d: %s", e.Code, e.Reason) }
+
+// The close codes outboxd sends.
+var (
+	CloseGoingAway     = CloseError{1001, "server shutting down"}
+	CloseTokenExpired  = CloseError{4001, "token expired"}
+	CloseTooFarBehind  = CloseError{4008, "too far behind: reconnect with since"}
+	ClosePastRetention = CloseError{4008, "past retention: reconnect with since"}
+)
+
+// timestampLayout is RFC 3339 in UTC with microseconds, as the seed's clients expect.
+const timestampLayout = "2006-01-02T15:04:05.000000Z07:00"
+
+func formatTime(t time.Time) string { return t.UTC().Format(timestampLayout) }
+
+// encodeEvent renders an event envelope once, for every recipient:
+// {"type":topic,"seq":N,"id":N,"timestamp":"…","data":payload}.
+func encodeEvent(e *relay.Event) []byte {
+	b := make([]byte, 0, 80+len(e.Topic)+len(e.Payload))
+	b = append(b, `{"type":`...)
+	b = strconv.AppendQuote(b, e.Topic) // topics are [a-z0-9_.-]: quoting is exact JSON
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendInt(b, e.Seq, 10)
+	b = append(b, `,"id":`...)
+	b = strconv.AppendInt(b, e.ID, 10)
+	b = append(b, `,"timestamp":"`...)
+	b = e.CreatedAt.UTC().AppendFormat(b, timestampLayout)
+	b = append(b, `","data":`...)
+	b = append(b, bytes.TrimSpace(e.Payload)...)
+	return append(b, '}')
+}
+
+// controlFrame is a server message without seq or id.
+type controlFrame struct {
+	Type      string `json:"type"`
+	Timestamp string `json:"timestamp"`
+	Data      any    `json:"data,omitempty"`
+}
+
+func encodeControl(typ string, data any) []byte {
+	b, err := json.Marshal(controlFrame{Type: typ, Timestamp: formatTime(time.Now()), Data: data})
+	if err != nil { // data is always one of our own structs
+		panic(err)
+	}
+	return b
+}
+
+// WelcomeData is the data of the first frame on every connection.
+type WelcomeData struct {
+	UserID            string   `json:"user_id"`
+	Roles             []string `json:"roles"`
+	HeadSeq           int64    `json:"head_seq"`
+	HeartbeatInterval int      `json:"heartbeat_interval"`
+}
+
+// ResyncData tells a client its since is too old to replay.
+type ResyncData struct {
+	OldestSeq int64 `json:"oldest_seq"`
+}
+
+// ErrorData describes a bad client message.
+type ErrorData struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// NotificationData is the test broadcast's payload.
+type NotificationData struct {
+	Title   string `json:"title"`
+	Content string `json:"content"`
+	Level   string `json:"level"`
+}
+
+// Client frame errors, as ErrorData codes.
+const (
+	ErrCodeBadJSON     = "bad_json"
+	ErrCodeUnknownType = "unknown_type"
+)
+
+// ClientMessage is a frame a client may send.
+type ClientMessage struct {
+	Type string `json:"type"`
+}
+
+// DecodeClientMessage parses a client frame. It accepts a JSON object with a
+// string "type"; the only type is "ping". The error is an ErrorData.
+func DecodeClientMessage(b []byte) (ClientMessage, *ErrorData) {
+	var m ClientMessage
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(&m); err != nil {
+		return m, &ErrorData{Code: ErrCodeBadJSON, Message: "frame is not a JSON object with a string \"type\""}
+	}
+	if dec.More() {
+		return m, &ErrorData{Code: ErrCodeBadJSON, Message: "trailing data after the JSON object"}
+	}
+	if !bytes.HasPrefix(bytes.TrimSpace(b), []byte("{")) {
+		return m, &ErrorData{Code: ErrCodeBadJSON, Message: "frame is not a JSON object"}
+	}
+	switch m.Type {
+	case "ping":
+		return m, nil
+	case "":
+		return m, &ErrorData{Code: ErrCodeUnknownType, Message: "missing \"type\""}
+	}
+	t := m.Type
+	if len(t) > 64 {
+		t = t[:64] + "…"
+	}
+	return m, &ErrorData{Code: ErrCodeUnknownType, Message: fmt.Sprintf("unknown message type %q; supported: ping", t)}
+}
+
+// ParseSince parses the since query parameter: empty means live only, else a
+// non-negative integer seq.
+func ParseSince(s string) (since int64, ok bool, err error) {
+	if s == "" {
+		return 0, false, nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, false, fmt.Errorf("since must be a non-negative integer seq, got %q", truncate(s, 32))
+	}
+	return n, true, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
