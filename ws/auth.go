@@ -130,6 +130,11 @@ func (a *Authenticator) Validate(ctx context.Context, raw string) (Claims, error
 	}
 	var tc tokenClaims
 	if _, err := a.parser.ParseWithClaims(raw, &tc, a.keyFor(ctx)); err != nil {
+		// jwt reports an algorithm outside the pinned list as a bad
+		// signature; say what it is.
+		if errors.Is(err, jwt.ErrTokenSignatureInvalid) && strings.Contains(err.Error(), "signing method") {
+			return Claims{}, fmt.Errorf("token algorithm not accepted (accepted: %s)", strings.Join(a.methods, ", "))
+		}
 		return Claims{}, describeJWTError(err)
 	}
 	if strings.TrimSpace(tc.Subject) == "" {

@@ -13,6 +13,9 @@ import (
 	"github.com/grupogad/outboxd/relay"
 )
 
+// frameWriter queues a text frame without blocking (melody.Session.Write).
+type frameWriter interface{ Write(msg []byte) error }
+
 type clientState int
 
 const (
@@ -32,6 +35,7 @@ const catchUpBatch = 256
 type client struct {
 	hub    *Hub
 	sess   *melody.Session
+	out    frameWriter // sess, except in benchmarks
 	userID string
 	roles  []string
 	exp    time.Time
@@ -55,6 +59,8 @@ type client struct {
 	sent     chan struct{} // poked by HandleSentMessage
 	done     chan struct{} // closed on disconnect
 	doneOnce sync.Once
+
+	closeOnce sync.Once
 }
 
 func (c *client) reserve(limit int32) bool {
@@ -71,7 +77,7 @@ func (c *client) writeControl(frame []byte) bool {
 		c.hub.metrics.sendError("queue_full")
 		return false
 	}
-	if err := c.sess.Write(frame); err != nil {
+	if err := c.out.Write(frame); err != nil {
 		c.inflight.Add(-1)
 		return false
 	}
@@ -92,7 +98,7 @@ func (c *client) deliverLive(seq int64, frame []byte) {
 		go c.catchUp(false)
 		return
 	}
-	if err := c.sess.Write(frame); err != nil {
+	if err := c.out.Write(frame); err != nil {
 		c.inflight.Add(-1)
 		return
 	}
@@ -127,14 +133,24 @@ func (c *client) closed() bool {
 }
 
 // closeWith sends a close frame straight on the connection — never through
-// melody's queue, which may be full — and closes it. WriteControl is safe
-// concurrently with melody's writer.
+// melody's queue, which may be full (see DESIGN "Known traps") — and then
+// closes it. WriteControl is safe concurrently with melody's writer. It runs
+// in the background: a slow client still reading gets the frame after the
+// data queued before it; a client whose socket stays full sees the
+// connection cut (1006) and reconnects with since just the same.
 func (c *client) closeWith(ce CloseError) {
-	conn := c.sess.WebsocketConnection()
-	_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(ce.Code, ce.Reason),
-		time.Now().Add(time.Second))
-	_ = conn.Close()
+	c.closeOnce.Do(func() {
+		conn := c.sess.WebsocketConnection()
+		go func() {
+			_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(ce.Code, ce.Reason),
+				time.Now().Add(closeWriteWait))
+			_ = conn.Close()
+		}()
+	})
 }
+
+// closeWriteWait bounds the wait to hand a close frame to the socket.
+const closeWriteWait = 2 * time.Second
 
 // catchUp replays from the table at the pace the socket accepts, then
 // rejoins live delivery. resume is true for a connect with since=, where a
@@ -159,9 +175,7 @@ func (c *client) catchUp(resume bool) {
 		c.mu.Lock()
 		cursor := c.cursor
 		c.mu.Unlock()
-		if behind := h.head.Load() - cursor; behind > h.cfg.ReplayMax {
-			h.metrics.drop("too_far_behind")
-			c.closeWith(CloseTooFarBehind)
+		if c.tooFarBehind(cursor) {
 			return
 		}
 		var page catchUpPage
@@ -188,7 +202,7 @@ func (c *client) catchUp(resume bool) {
 			}
 			frame := encodeEvent(&buf[i])
 			c.mu.Lock()
-			if err := c.sess.Write(frame); err != nil {
+			if err := c.out.Write(frame); err != nil {
 				c.mu.Unlock()
 				c.inflight.Add(-1)
 				return
@@ -213,7 +227,9 @@ func (c *client) catchUp(resume bool) {
 	}
 }
 
-// waitForRoom blocks until the melody queue has room for an event.
+// waitForRoom blocks until the melody queue has room for an event. It
+// gives up, closing with 4008, if the client falls more than ReplayMax
+// behind meanwhile (a client that stopped reading).
 func (c *client) waitForRoom(ctx context.Context) bool {
 	limit := int32(c.hub.cfg.SendBuffer - controlReserve)
 	for !c.reserve(limit) {
@@ -222,8 +238,25 @@ func (c *client) waitForRoom(ctx context.Context) bool {
 			return false
 		case <-c.sent:
 		case <-time.After(100 * time.Millisecond):
+			c.mu.Lock()
+			cursor := c.cursor
+			c.mu.Unlock()
+			if c.tooFarBehind(cursor) {
+				return false
+			}
 		}
 	}
+	return true
+}
+
+// tooFarBehind closes the client with 4008 if it is more than ReplayMax
+// events behind the head.
+func (c *client) tooFarBehind(cursor int64) bool {
+	if c.hub.head.Load()-cursor <= c.hub.cfg.ReplayMax {
+		return false
+	}
+	c.hub.metrics.drop("too_far_behind")
+	c.closeWith(CloseTooFarBehind)
 	return true
 }
 
@@ -244,7 +277,8 @@ func (c *client) checkResume(ctx context.Context) bool {
 				c.writeControl(encodeControl(TypeResyncRequired, ResyncData{OldestSeq: oldest}))
 				c.mu.Lock()
 				if c.state == stateCatchUp {
-					c.cursor = max(c.cursor, h.head.Load())
+					// Not max(): a since beyond the head is another history.
+					c.cursor = h.head.Load()
 					c.state = stateLive
 				}
 				c.mu.Unlock()

@@ -172,7 +172,7 @@ var _ relay.Dispatcher = (*Hub)(nil)
 
 func (h *Hub) onConnect(s *melody.Session) {
 	c := sessionClient(s)
-	c.sess = s
+	c.sess, c.out = s, s
 	head := h.head.Load()
 	c.writeControl(encodeControl(TypeWelcome, WelcomeData{
 		UserID: c.userID, Roles: c.roles, HeadSeq: head,
