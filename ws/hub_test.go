@@ -40,7 +40,7 @@ func TestRoutingMatrix(t *testing.T) {
 		{users: []string{"a"}, roles: []string{"r1"}, want: []string{"a", "a2", "c"}}, // a matches both: once
 		{users: []string{"d", "c"}, roles: []string{"r1", "r2"}, want: []string{"a", "b", "c", "d"}},
 		{users: []string{"nobody"}, want: nil},
-		{roles: []string{"R1"}, want: nil}, // roles are case-sensitive
+		{roles: []string{"R1"}, want: nil},         // roles are case-sensitive
 		{want: []string{"a", "a2", "b", "c", "d"}}, // broadcast
 	}
 	var evs []outbox.Event
