@@ -150,7 +150,7 @@ func ParseSince(s string) (since int64, ok bool, err error) {
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || n < 0 {
-		return 0, false, fmt.Errorf("since must be a non-negative integer seq, got %q", truncate(s, 32))
+		return 0, false, fmt.Errorf("since must be a non-negative integer seq, got %q", truncate(s, 16))
 	}
 	return n, true, nil
 }

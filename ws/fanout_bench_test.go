@@ -1,0 +1,47 @@
+package ws
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/grupogad/outboxd/relay"
+)
+
+// sink stands in for a melody session's queue: the frame is "written" at
+// once, so the benchmark measures routing and encoding, not sockets.
+type sink struct{ c *client }
+
+func (s sink) Write([]byte) error { s.c.onSent(); return nil }
+
+func benchHub(b *testing.B, sessions int) *Hub {
+	h := New(nil, nil, Config{})
+	for i := range sessions {
+		c := &client{hub: h, userID: fmt.Sprintf("u%d", i), roles: []string{fmt.Sprintf("role%d", i%10)},
+			heapIdx: -1, sent: make(chan struct{}, 1), done: make(chan struct{})}
+		c.out = sink{c}
+		h.routes.add(c)
+	}
+	return h
+}
+
+func benchFanout(b *testing.B, sessions int, users []string) {
+	h := benchHub(b, sessions)
+	payload := json.RawMessage(`{"task_id":42,"status":"done","assignee":"u7"}`)
+	ev := []relay.Event{{ID: 1, Topic: "task_event", Payload: payload, Users: users, CreatedAt: time.Now()}}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		ev[0].Seq = int64(i + 1)
+		if err := h.Dispatch(context.Background(), ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkFanout_1000Sessions_Broadcast(b *testing.B)   { benchFanout(b, 1000, nil) }
+func BenchmarkFanout_10000Sessions_Broadcast(b *testing.B)  { benchFanout(b, 10000, nil) }
+func BenchmarkFanout_1000Sessions_SingleUser(b *testing.B)  { benchFanout(b, 1000, []string{"u7"}) }
+func BenchmarkFanout_10000Sessions_SingleUser(b *testing.B) { benchFanout(b, 10000, []string{"u7"}) }
