@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"reflect"
 	"strings"
 	"time"
 
@@ -69,17 +70,30 @@ func (c *Config) Production() bool { return c.Environment == "production" }
 func LoadConfig(environ map[string]string) (Config, error) {
 	var c Config
 	var problems []string
+	unparsed := map[string]bool{}
 	if err := env.ParseWithOptions(&c, env.Options{Environment: environ}); err != nil {
 		var agg env.AggregateError
-		if errors.As(err, &agg) {
-			for _, e := range agg.Errors {
-				problems = append(problems, e.Error())
+		if !errors.As(err, &agg) {
+			return c, fmt.Errorf("invalid configuration: %w", err)
+		}
+		for _, e := range agg.Errors {
+			var pe env.ParseError
+			if errors.As(e, &pe) {
+				name := envName(pe.Name)
+				unparsed[name] = true
+				problems = append(problems, fmt.Sprintf("%s: %q is not a valid %s", name, environ[name], pe.Type))
+				continue
 			}
-		} else {
-			problems = append(problems, err.Error())
+			problems = append(problems, e.Error())
 		}
 	}
-	problems = append(problems, c.validate()...)
+	for _, p := range c.validate() {
+		// A variable that did not parse is reported once, not again for
+		// the zero value it left behind.
+		if name, _, _ := strings.Cut(p, ":"); !unparsed[name] {
+			problems = append(problems, p)
+		}
+	}
 	if len(problems) > 0 {
 		return c, fmt.Errorf("invalid configuration:\n  - %s", strings.Join(problems, "\n  - "))
 	}
@@ -175,4 +189,14 @@ func (c *Config) applyDefaults() {
 			c.LogFormat = "json"
 		}
 	}
+}
+
+// envName maps a Config field name to its environment variable.
+func envName(field string) string {
+	f, ok := reflect.TypeFor[Config]().FieldByName(field)
+	if !ok {
+		return field
+	}
+	name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+	return name
 }

@@ -1,0 +1,267 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/goleak"
+
+	"github.com/grupogad/outboxd/internal/dbtest"
+	"github.com/grupogad/outboxd/ws"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "outboxd-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "outboxd")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build outboxd: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := 0
+	func() {
+		defer os.RemoveAll(dir)
+		defer func() {
+			if err := goleak.Find(); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				code = 1
+			}
+		}()
+		code = m.Run()
+	}()
+	os.Exit(code)
+}
+
+func TestConfigDefaults(t *testing.T) {
+	t.Parallel()
+	c, err := LoadConfig(map[string]string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DatabaseURL != "postgres://postgres@localhost:5432/postgres?sslmode=disable" || c.ListenAddr != ":8002" ||
+		c.Environment != "development" || !c.JWTRequireExp || c.HeartbeatInterval != 30*time.Second ||
+		c.OutboxRetention != 24*time.Hour || !c.AutoMigrate || c.LogFormat != "text" ||
+		len(c.AllowedOrigins) != 1 || c.AllowedOrigins[0] != "*" || c.WSSendBuffer != ws.SendBufferDefault {
+		t.Fatalf("defaults %+v", c)
+	}
+	c, err = LoadConfig(map[string]string{"ENVIRONMENT": "production", "SECRET_KEY": "0123456789abcdef0123",
+		"ALLOWED_ORIGINS": "https://a.example, https://b.example:8443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.LogFormat != "json" || c.AllowedOrigins[1] != "https://b.example:8443" {
+		t.Fatalf("production %+v", c)
+	}
+}
+
+func TestConfigNamesEveryBadVariable(t *testing.T) {
+	t.Parallel()
+	_, err := LoadConfig(map[string]string{
+		"DATABASE_URL": "mysql://x", "LISTEN_ADDR": "8002", "ENVIRONMENT": "prod",
+		"JWT_REQUIRE_EXP": "maybe", "HEARTBEAT_INTERVAL": "soon", "WS_SEND_BUFFER": "2",
+		"WS_MAX_MESSAGE_SIZE": "-5", "RELAY_BATCH_SIZE": "0", "RELAY_POLL_INTERVAL": "1h",
+		"OUTBOX_RETENTION": "1s", "REPLAY_MAX": "x", "AUTO_MIGRATE": "si", "LOG_LEVEL": "loud",
+		"LOG_FORMAT": "xml", "SECRET_KEY": "short", "JWKS_URL": "ftp://keys", "ALLOWED_ORIGINS": "not-an-origin",
+	})
+	if err == nil {
+		t.Fatal("bad configuration accepted")
+	}
+	for _, v := range []string{"DATABASE_URL", "LISTEN_ADDR", "ENVIRONMENT", "JWT_REQUIRE_EXP", "HEARTBEAT_INTERVAL",
+		"WS_SEND_BUFFER", "WS_MAX_MESSAGE_SIZE", "RELAY_BATCH_SIZE", "RELAY_POLL_INTERVAL", "OUTBOX_RETENTION",
+		"REPLAY_MAX", "AUTO_MIGRATE", "LOG_LEVEL", "LOG_FORMAT", "SECRET_KEY", "JWKS_URL", "ALLOWED_ORIGINS"} {
+		if !strings.Contains(err.Error(), v) {
+			t.Errorf("error does not name %s:\n%v", v, err)
+		}
+	}
+	_, err = LoadConfig(map[string]string{"ENVIRONMENT": "production", "ALLOWED_ORIGINS": "*"})
+	if err == nil || !strings.Contains(err.Error(), "SECRET_KEY or JWKS_URL") || !strings.Contains(err.Error(), "ALLOWED_ORIGINS: * is not allowed") {
+		t.Fatalf("production without keys: %v", err)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type proc struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	addr   string
+}
+
+// syncBuffer is a bytes.Buffer the child's stderr copier and the test may
+// use at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startOutboxd(t *testing.T, db *dbtest.DB, extra ...string) *proc {
+	t.Helper()
+	p := &proc{addr: freeAddr(t), stderr: &syncBuffer{}}
+	p.cmd = exec.Command(binary)
+	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "DATABASE_URL=" + db.URL, "LISTEN_ADDR=" + p.addr,
+		"SECRET_KEY=" + testSecret, "LOG_LEVEL=debug"}, extra...)
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.cmd.Process.Kill(); _ = p.cmd.Wait() })
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get("http://" + p.addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("outboxd not ready: %v\n%s", err, p.stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+const testSecret = "binary-test-secret-0123456789"
+
+func TestBinaryRelaysAndStopsGracefully(t *testing.T) {
+	t.Parallel()
+	db := dbtest.NewEmpty(t) // AUTO_MIGRATE creates the schema
+	p := startOutboxd(t, db)
+	tok, err := ws.MintHS256(testSecret, "op1", []string{"LEVEL_1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, _, err := websocket.DefaultDialer.Dial("ws://"+p.addr+"/ws/connect?token="+url.QueryEscape(tok), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	read := func() map[string]any {
+		t.Helper()
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var m map[string]any
+		if err := conn.ReadJSON(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	if m := read(); m["type"] != "welcome" {
+		t.Fatalf("first frame %v", m)
+	}
+	db.Exec(t, `SELECT outbox.emit('task_event', '{"task_id": 1, "status": "created"}', NULL, ARRAY['LEVEL_1'])`)
+	if m := read(); m["type"] != "task_event" || m["seq"] != 1.0 || m["data"].(map[string]any)["status"] != "created" {
+		t.Fatalf("event frame %v", m)
+	}
+	if strings.Contains(p.stderr.String(), tok) {
+		t.Fatal("the token appears in the log")
+	}
+
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _, err = conn.ReadMessage()
+	if ce, ok := err.(*websocket.CloseError); !ok || ce.Code != websocket.CloseGoingAway {
+		t.Fatalf("client saw %v, want close 1001", err)
+	}
+	if err := p.cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v\n%s", err, p.stderr)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("shutdown took %s", took)
+	}
+	if !strings.Contains(p.stderr.String(), "stopped") {
+		t.Fatalf("log:\n%s", p.stderr)
+	}
+}
+
+func TestBinaryRefusesBadConfig(t *testing.T) {
+	t.Parallel()
+	cmd := exec.Command(binary)
+	cmd.Env = []string{"RELAY_BATCH_SIZE=lots", "LOG_LEVEL=loud"}
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+		t.Fatalf("exit %v, want 2", err)
+	}
+	if !bytes.Contains(out, []byte("RELAY_BATCH_SIZE")) || !bytes.Contains(out, []byte("LOG_LEVEL")) {
+		t.Fatalf("output:\n%s", out)
+	}
+}
+
+func TestMigrateSubcommand(t *testing.T) {
+	t.Parallel()
+	db := dbtest.NewEmpty(t)
+	run := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(binary, append([]string{"migrate"}, args...)...)
+		cmd.Env = []string{"DATABASE_URL=" + db.URL}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("migrate %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	if out := run("status"); !strings.Contains(out, "00001  pending") {
+		t.Fatalf("status: %s", out)
+	}
+	if out := run("up"); !strings.Contains(out, "applied 1 migration(s) [1]") {
+		t.Fatalf("up: %s", out)
+	}
+	if out := run("status"); !strings.Contains(out, "00001  applied") {
+		t.Fatalf("status: %s", out)
+	}
+	if out := run("down"); !strings.Contains(out, "rolled back version 1") {
+		t.Fatalf("down: %s", out)
+	}
+	if out := run(); !strings.Contains(out, "applied 1") {
+		t.Fatalf("up (default): %s", out)
+	}
+	var n int64
+	if err := db.Pool.QueryRow(context.Background(), `SELECT outbox.head()`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, "migrate", "sideways")
+	cmd.Env = []string{"DATABASE_URL=" + db.URL}
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "sideways") {
+		t.Fatalf("bad subcommand: %v %s", err, out)
+	}
+}
+
