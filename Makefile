@@ -1,0 +1,54 @@
+# outboxd — run `make help` for the targets.
+GO        ?= go
+PKGS      ?= ./...
+BENCHTIME ?= 1x
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n", $$1, $$2}'
+
+.PHONY: db-up
+db-up: ## Make sure the local PostgreSQL is running (starts it if down)
+	@scripts/ensure-postgres.sh
+
+.PHONY: run
+run: db-up ## Run the sidecar with the default (development) config on :8002
+	$(GO) run ./cmd/outboxd
+
+.PHONY: build
+build: ## Build bin/outboxd
+	$(GO) build -o bin/outboxd ./cmd/outboxd
+
+.PHONY: test
+test: db-up ## go vet, then every test with -race against the real PostgreSQL
+	$(GO) vet $(PKGS)
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+.PHONY: test-race
+test-race: test ## Same as test (tests always run with -race)
+
+.PHONY: test-short
+test-short: db-up ## Tests without -race, for a quick loop
+	$(GO) test -count=1 $(PKGS)
+
+.PHONY: bench
+bench: db-up ## Benchmarks (BENCHTIME=1x in CI; e.g. make bench BENCHTIME=3x)
+	$(GO) test -run '^$$' -bench . -benchtime=$(BENCHTIME) -timeout 30m $(PKGS)
+
+.PHONY: fuzz
+fuzz: ## Run each fuzz target for FUZZTIME (default 30s)
+	@for f in FuzzDecodeClientMessage FuzzParseSince FuzzValidateToken; do \
+		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} ./ws || exit 1; done
+
+.PHONY: lint
+lint: ## gofmt, go vet and staticcheck (installed on demand)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet $(PKGS)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 $(PKGS)
+
+.PHONY: db-reset
+db-reset: db-up ## Drop and recreate the outbox schema in DATABASE_URL (destroys events!)
+	$(GO) run ./cmd/outboxd migrate down
+	$(GO) run ./cmd/outboxd migrate up
