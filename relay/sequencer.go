@@ -10,6 +10,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/grupogad/outboxd/internal/startstop"
 )
@@ -37,9 +42,10 @@ type SequencerConfig struct {
 	MinPollInterval time.Duration
 	// QueryTimeout bounds every statement and the batch transaction (10 s).
 	QueryTimeout time.Duration
-	// OnBatch, if set, is called after each committed non-empty batch.
-	OnBatch func(rows int, took time.Duration)
-	Logger  *slog.Logger
+	// TracerProvider and MeterProvider default to the OTel globals.
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+	Logger         *slog.Logger
 }
 
 func (c *SequencerConfig) setDefaults() {
@@ -58,13 +64,26 @@ func (c *SequencerConfig) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.TracerProvider == nil {
+		c.TracerProvider = otel.GetTracerProvider()
+	}
+	if c.MeterProvider == nil {
+		c.MeterProvider = otel.GetMeterProvider()
+	}
 }
+
+// instrumentation scope of the relay's spans and metrics.
+const scope = "github.com/grupogad/outboxd/relay"
 
 // Sequencer assigns seq to committed outbox rows. See the package doc.
 type Sequencer struct {
 	startstop.Base
 	pool *pgxpool.Pool
 	cfg  SequencerConfig
+
+	tracer    trace.Tracer
+	batchSize metric.Int64Histogram
+	batchDur  metric.Float64Histogram
 
 	// testHookAfterBatch runs between the batch statement and COMMIT.
 	testHookAfterBatch func()
@@ -73,7 +92,16 @@ type Sequencer struct {
 // NewSequencer returns a Sequencer working through pool.
 func NewSequencer(pool *pgxpool.Pool, cfg SequencerConfig) *Sequencer {
 	cfg.setDefaults()
-	return &Sequencer{pool: pool, cfg: cfg}
+	s := &Sequencer{pool: pool, cfg: cfg, tracer: cfg.TracerProvider.Tracer(scope)}
+	m := cfg.MeterProvider.Meter(scope)
+	// Instrument creation only fails on invalid names, which these are not.
+	s.batchSize, _ = m.Int64Histogram("outboxd.relay.batch.size", metric.WithUnit("{event}"),
+		metric.WithDescription("Rows numbered per sequencer batch."),
+		metric.WithExplicitBucketBoundaries(1, 10, 100, 500, 1000, 2000, 5000, 10000, 50000))
+	s.batchDur, _ = m.Float64Histogram("outboxd.relay.batch.duration", metric.WithUnit("s"),
+		metric.WithDescription("Duration of a non-empty sequencer batch transaction."),
+		metric.WithExplicitBucketBoundaries(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+	return s
 }
 
 const lockSQL = `SELECT last_seq FROM outbox.relay_state FOR UPDATE SKIP LOCKED`
@@ -99,8 +127,14 @@ SELECT agg.n, agg.last, (SELECT count(*) FROM notified) FROM agg`
 // SequenceOnce runs one batch and returns how many rows it numbered.
 // It returns ErrLockHeld when another sequencer is running.
 func (s *Sequencer) SequenceOnce(ctx context.Context) (n int, err error) {
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
 	defer cancel()
+	defer func() {
+		if n > 0 && err == nil {
+			s.observeBatch(ctx, start, n)
+		}
+	}()
 	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
 		return 0, fmt.Errorf("relay: sequencer begin: %w", err)
@@ -132,6 +166,17 @@ func (s *Sequencer) SequenceOnce(ctx context.Context) (n int, err error) {
 	return n, nil
 }
 
+// observeBatch records a committed batch. The span is created after the
+// fact, with the batch's start time, so that empty polls leave no span.
+func (s *Sequencer) observeBatch(ctx context.Context, start time.Time, n int) {
+	end := time.Now()
+	_, span := s.tracer.Start(ctx, "outbox sequence", trace.WithTimestamp(start), trace.WithSpanKind(trace.SpanKindInternal),
+		trace.WithAttributes(attribute.Int("outboxd.batch.rows", n), semconv.MessagingBatchMessageCount(n)))
+	span.End(trace.WithTimestamp(end))
+	s.batchSize.Record(ctx, int64(n))
+	s.batchDur.Record(ctx, end.Sub(start).Seconds())
+}
+
 // pendingSQL is the cheap idle probe: one index lookup, no transaction.
 const pendingSQL = `SELECT EXISTS (SELECT 1 FROM outbox.events WHERE seq IS NULL)`
 
@@ -144,7 +189,6 @@ func (s *Sequencer) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		// The batch runs on a context that Stop does not cancel, so a stop
 		// finishes the in-flight batch instead of aborting it.
-		start := time.Now()
 		n, err := s.SequenceOnce(context.WithoutCancel(ctx))
 		switch {
 		case errors.Is(err, ErrLockHeld):
@@ -163,9 +207,6 @@ func (s *Sequencer) run(ctx context.Context) {
 		}
 		bo.Reset()
 		if n > 0 {
-			if s.cfg.OnBatch != nil {
-				s.cfg.OnBatch(n, time.Since(start))
-			}
 			idle = s.cfg.MinPollInterval
 			if n >= s.cfg.BatchSize {
 				continue

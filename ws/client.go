@@ -9,6 +9,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/grupogad/outboxd/relay"
 )
@@ -45,6 +46,9 @@ type client struct {
 
 	since    int64
 	hasSince bool
+
+	// handshake is the connect span, ended once the upgrade is done.
+	handshake trace.Span
 
 	// mark is Dispatch's visit stamp (routing.each); only Dispatch touches it.
 	mark uint64
@@ -85,28 +89,30 @@ func (c *client) writeControl(frame []byte) bool {
 }
 
 // deliverLive is Dispatch's path: write if live and there is room, else
-// switch to catching up from the table.
-func (c *client) deliverLive(seq int64, frame []byte) {
+// switch to catching up from the table. It reports whether it queued the
+// frame.
+func (c *client) deliverLive(seq int64, frame []byte) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.state != stateLive || seq <= c.cursor {
-		return
+		return false
 	}
 	if !c.reserve(int32(c.hub.cfg.SendBuffer - controlReserve)) {
 		c.state = stateCatchUp
 		c.hub.metrics.catchUp()
 		go c.catchUp(false)
-		return
+		return false
 	}
 	if err := c.out.Write(frame); err != nil {
 		c.inflight.Add(-1)
-		return
+		return false
 	}
 	c.cursor = seq
-	c.hub.metrics.eventQueued()
+	return true
 }
 
-func (c *client) onSent() {
+func (c *client) onSent(frame []byte) {
+	c.hub.observeSent(frame)
 	c.inflight.Add(-1)
 	select {
 	case c.sent <- struct{}{}:
@@ -209,7 +215,7 @@ func (c *client) catchUp(resume bool) {
 			}
 			c.cursor = buf[i].Seq
 			c.mu.Unlock()
-			h.metrics.eventQueued()
+			h.metrics.queued(buf[i].Topic, 1)
 		}
 		c.mu.Lock()
 		if len(buf) < catchUpBatch && page.head > c.cursor {

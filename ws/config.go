@@ -4,6 +4,9 @@ import (
 	"context"
 	"log/slog"
 	"time"
+
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults for Config.
@@ -37,6 +40,9 @@ type Config struct {
 	ReplayMax int64
 	// WriteTimeout bounds one socket write (10 s).
 	WriteTimeout time.Duration
+	// TracerProvider and MeterProvider default to the OTel globals.
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
 	// Ready reports whether the relay is running, for /readyz.
 	Ready  func(ctx context.Context) error
 	Logger *slog.Logger

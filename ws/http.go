@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/grupogad/outboxd/relay"
 )
 
@@ -36,33 +38,38 @@ type httpError struct {
 	Detail string `json:"detail"`
 }
 
+// handleConnect authenticates and upgrades. It is not wrapped by otelhttp
+// (the request lasts as long as the connection): a short "ws.handshake"
+// span covers the checks and the upgrade instead.
 func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
+	_, span := h.tel.tracer.Start(r.Context(), "ws.handshake", trace.WithSpanKind(trace.SpanKindServer))
+	reject := func(status int, reason string, body any) {
+		h.metrics.reject(reason)
+		endWithError(span, reason)
+		writeJSON(w, status, body)
+	}
 	if h.closing.Load() {
-		h.metrics.reject("shutting_down")
-		writeJSON(w, http.StatusServiceUnavailable, httpError{"shutting_down", "server is shutting down: reconnect to another replica"})
+		reject(http.StatusServiceUnavailable, "shutting_down", httpError{"shutting_down", "server is shutting down: reconnect to another replica"})
 		return
 	}
 	if !h.originAllowed(r) {
-		h.metrics.reject("origin")
-		writeJSON(w, http.StatusForbidden, httpError{"forbidden_origin", "origin not allowed"})
+		reject(http.StatusForbidden, "origin", httpError{"forbidden_origin", "origin not allowed"})
 		return
 	}
 	claims, err := h.auth.Validate(r.Context(), tokenFromRequest(r))
 	if err != nil {
-		h.metrics.reject("invalid_token")
-		writeJSON(w, http.StatusUnauthorized, httpError{"invalid_token", err.Error()})
+		reject(http.StatusUnauthorized, "invalid_token", httpError{"invalid_token", err.Error()})
 		return
 	}
 	since, hasSince, err := ParseSince(r.URL.Query().Get("since"))
 	if err != nil {
-		h.metrics.reject("invalid_since")
-		writeJSON(w, http.StatusBadRequest, httpError{"invalid_since", err.Error()})
+		reject(http.StatusBadRequest, "invalid_since", httpError{"invalid_since", err.Error()})
 		return
 	}
 	c := &client{
 		hub: h, userID: claims.UserID, roles: claims.Roles, exp: claims.Expires,
 		remote: r.RemoteAddr, since: since, hasSince: hasSince, heapIdx: -1,
-		sent: make(chan struct{}, 1), done: make(chan struct{}),
+		sent: make(chan struct{}, 1), done: make(chan struct{}), handshake: span,
 	}
 	// The token stays out of every log: melody keeps the request, so drop
 	// it from the URL too.
@@ -70,6 +77,7 @@ func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
 	r.Header.Del("Authorization")
 	if err := h.m.HandleRequestWithKeys(w, r, map[string]any{clientKey: c}); err != nil {
 		h.metrics.reject("upgrade")
+		endWithError(span, "upgrade")
 		h.cfg.Logger.Debug("upgrade failed", "err", err, "remote", r.RemoteAddr)
 	}
 }

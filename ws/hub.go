@@ -28,6 +28,7 @@ type Hub struct {
 	pool    *pgxpool.Pool
 	m       *melody.Melody
 	metrics *hubMetrics
+	tel     telemetry
 
 	// head is the newest seq Dispatch has announced. It is raised BEFORE the
 	// events are delivered, so a catching-up client that sees cursor ≥ head
@@ -64,13 +65,14 @@ func New(auth *Authenticator, pool *pgxpool.Pool, cfg Config) *Hub {
 			c.writeControl(encodeControl(TypeError, ErrorData{Code: ErrCodeBadJSON, Message: "binary frames are not supported"}))
 		}
 	})
-	m.HandleSentMessage(func(s *melody.Session, _ []byte) {
+	m.HandleSentMessage(func(s *melody.Session, b []byte) {
 		if c := sessionClient(s); c != nil {
-			c.onSent()
+			c.onSent(b)
 		}
 	})
 	m.HandleError(h.onError)
 	h.m = m
+	h.initTelemetry()
 	return h
 }
 
@@ -146,7 +148,7 @@ func (h *Hub) sweepExpired(ctx context.Context) {
 
 // Dispatch delivers events (in seq order) to their recipients. It is the
 // relay.Dispatcher; events at or below the last dispatched seq are skipped.
-func (h *Hub) Dispatch(_ context.Context, events []relay.Event) error {
+func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
 	if len(events) == 0 {
 		return nil
 	}
@@ -160,9 +162,17 @@ func (h *Hub) Dispatch(_ context.Context, events []relay.Event) error {
 		if e.Seq <= h.dispatched {
 			continue
 		}
+		span := h.startProcessSpan(ctx, e)
 		frame := encodeEvent(e)
 		h.gen++
-		h.routes.each(e.Users, e.Roles, h.gen, func(c *client) { c.deliverLive(e.Seq, frame) })
+		recipients := 0
+		h.routes.each(e.Users, e.Roles, h.gen, func(c *client) {
+			if c.deliverLive(e.Seq, frame) {
+				recipients++
+			}
+		})
+		h.metrics.queued(e.Topic, recipients)
+		endProcessSpan(span, recipients)
 		h.dispatched = e.Seq
 	}
 	return nil
@@ -173,6 +183,10 @@ var _ relay.Dispatcher = (*Hub)(nil)
 func (h *Hub) onConnect(s *melody.Session) {
 	c := sessionClient(s)
 	c.sess, c.out = s, s
+	h.metrics.connects.Add(1)
+	if c.handshake != nil {
+		c.handshake.End()
+	}
 	head := h.head.Load()
 	c.writeControl(encodeControl(TypeWelcome, WelcomeData{
 		UserID: c.userID, Roles: c.roles, HeadSeq: head,

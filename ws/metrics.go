@@ -9,6 +9,7 @@ import (
 // hubMetrics are the hub's counters: the single source for /ws/stats (and
 // for the Prometheus exporter, which reads them through Observer).
 type hubMetrics struct {
+	connects      atomic.Int64
 	messagesSent  atomic.Int64 // event and notification frames queued
 	broadcasts    atomic.Int64 // test broadcasts
 	sendErrors    atomic.Int64
@@ -20,15 +21,36 @@ type hubMetrics struct {
 	drops      map[string]int64 // closes by reason
 	rejections map[string]int64 // refused connects by reason
 	errors     map[string]int64 // send errors by reason
+	topics     sync.Map         // topic → *atomic.Int64 of frames queued
 }
 
 func newHubMetrics() *hubMetrics {
 	return &hubMetrics{drops: map[string]int64{}, rejections: map[string]int64{}, errors: map[string]int64{}}
 }
 
-func (m *hubMetrics) eventQueued() { m.messagesSent.Add(1) }
-func (m *hubMetrics) catchUp()     { m.catchUps.Add(1) }
-func (m *hubMetrics) resync()      { m.resyncs.Add(1) }
+// queued counts n frames of topic handed to sessions.
+func (m *hubMetrics) queued(topic string, n int) {
+	if n == 0 {
+		return
+	}
+	m.messagesSent.Add(int64(n))
+	c, ok := m.topics.Load(topic)
+	if !ok {
+		c, _ = m.topics.LoadOrStore(topic, new(atomic.Int64))
+	}
+	c.(*atomic.Int64).Add(int64(n))
+}
+
+func (m *hubMetrics) topicCounts() map[string]int64 {
+	out := map[string]int64{}
+	m.topics.Range(func(k, v any) bool {
+		out[k.(string)] = v.(*atomic.Int64).Load()
+		return true
+	})
+	return out
+}
+func (m *hubMetrics) catchUp() { m.catchUps.Add(1) }
+func (m *hubMetrics) resync()  { m.resyncs.Add(1) }
 
 func (m *hubMetrics) bump(into map[string]int64, reason string) {
 	m.mu.Lock()
@@ -45,7 +67,7 @@ func (m *hubMetrics) sendError(reason string) {
 
 func (m *hubMetrics) broadcast(sent int) {
 	m.broadcasts.Add(1)
-	m.messagesSent.Add(int64(sent))
+	m.queued(TypeNotification, sent)
 	m.lastBroadcast.Store(time.Now().UnixNano())
 }
 

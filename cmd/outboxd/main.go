@@ -20,9 +20,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
 	"github.com/grupogad/outboxd/internal/backoff"
 	"github.com/grupogad/outboxd/observability"
+	"github.com/grupogad/outboxd/outbox"
 	"github.com/grupogad/outboxd/relay"
 	outboxsql "github.com/grupogad/outboxd/sql"
 	"github.com/grupogad/outboxd/ws"
@@ -176,6 +178,19 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		secret = DevSecretKey
 		logger.Warn("SECRET_KEY unset: using the development key; never do this in production")
 	}
+	tel, err := observability.Setup(ctx, observability.Options{Version: version})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := tel.Shutdown(sctx); err != nil {
+			logger.Warn("telemetry flush failed", "err", err)
+		}
+	}()
+	outbox.SetTraceparentFunc(observability.Traceparent)
+
 	pool, err := newPool(ctx, cfg)
 	if err != nil {
 		return err
@@ -241,7 +256,8 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 
 	mux := http.NewServeMux()
 	hub.Routes(mux)
-	srv := &http.Server{Addr: cfg.ListenAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	mux.Handle("GET /metrics", tel.MetricsHandler)
+	srv := &http.Server{Addr: cfg.ListenAddr, Handler: instrument(mux), ReadHeaderTimeout: 10 * time.Second}
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.ListenAndServe() }()
 	if cfg.PprofAddr != "" {
@@ -268,6 +284,21 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// instrument traces HTTP requests with otelhttp, except the long-lived
+// /ws/connect, which records its own short handshake span.
+func instrument(mux *http.ServeMux) http.Handler {
+	traced := otelhttp.NewHandler(mux, "http", otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+		return r.Method + " " + r.URL.Path
+	}))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/ws/connect" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		traced.ServeHTTP(w, r)
+	})
 }
 
 func servePprof(addr string, logger *slog.Logger) {

@@ -1,0 +1,174 @@
+package ws
+
+import (
+	"bytes"
+	"context"
+	"strconv"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/grupogad/outboxd/observability"
+	"github.com/grupogad/outboxd/relay"
+)
+
+const scope = "github.com/grupogad/outboxd/ws"
+
+// messagingSystem names outboxd in the messaging.system attribute.
+const messagingSystem = "outboxd"
+
+type telemetry struct {
+	tracer  trace.Tracer
+	latency metric.Float64Histogram
+}
+
+// initTelemetry creates the hub's instruments. Counters are observed from
+// hubMetrics, the same numbers /ws/stats shows: one source of truth.
+func (h *Hub) initTelemetry() {
+	tp, mp := h.cfg.TracerProvider, h.cfg.MeterProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	h.tel.tracer = tp.Tracer(scope)
+	m := mp.Meter(scope)
+	// Instrument creation fails only for invalid names; these are valid.
+	h.tel.latency, _ = m.Float64Histogram(observability.LatencyMetric, metric.WithUnit("s"),
+		metric.WithDescription("From the event's created_at (producer's INSERT) to its write on the socket."),
+		metric.WithExplicitBucketBoundaries(observability.LatencyBuckets...))
+	sessions, _ := m.Int64ObservableGauge("outboxd.ws.sessions", metric.WithDescription("Open WebSocket sessions."))
+	byRole, _ := m.Int64ObservableGauge("outboxd.ws.connections.by_role",
+		metric.WithDescription("Open sessions by JWT role (a session with several roles counts under each; none: no role)."))
+	users, _ := m.Int64ObservableGauge("outboxd.ws.users", metric.WithDescription("Distinct users connected."))
+	connects, _ := m.Int64ObservableCounter("outboxd.ws.connects", metric.WithDescription("Accepted WebSocket connections."))
+	rejections, _ := m.Int64ObservableCounter("outboxd.ws.rejections", metric.WithDescription("Refused connection attempts by reason."))
+	sent, _ := m.Int64ObservableCounter("outboxd.ws.messages.sent", metric.WithDescription("Event and notification frames handed to sessions, by topic."))
+	sendErrors, _ := m.Int64ObservableCounter("outboxd.ws.send.errors", metric.WithDescription("Frames that could not be sent, by reason."))
+	drops, _ := m.Int64ObservableCounter("outboxd.ws.drops", metric.WithDescription("Sessions closed by the server, by reason."))
+	broadcasts, _ := m.Int64ObservableCounter("outboxd.ws.broadcasts", metric.WithDescription("Test broadcasts."))
+	catchUps, _ := m.Int64ObservableCounter("outboxd.ws.catchups", metric.WithDescription("Times a session's live queue filled and it caught up from the table."))
+	resyncs, _ := m.Int64ObservableCounter("outboxd.ws.resyncs", metric.WithDescription("resync_required frames sent."))
+	head, _ := m.Int64ObservableGauge("outboxd.relay.head_seq", metric.WithDescription("Last assigned seq."))
+	dispatched, _ := m.Int64ObservableGauge("outboxd.relay.dispatched_seq", metric.WithDescription("Last seq this replica's hub delivered."))
+	lag, _ := m.Int64ObservableGauge("outboxd.relay.tailer.lag", metric.WithUnit("{event}"), metric.WithDescription("head_seq minus dispatched_seq."))
+	pending, _ := m.Int64ObservableGauge("outboxd.relay.pending", metric.WithUnit("{event}"), metric.WithDescription("Rows not yet sequenced."))
+	oldest, _ := m.Float64ObservableGauge("outboxd.relay.oldest_pending_age", metric.WithUnit("s"), metric.WithDescription("Age of the oldest row not yet sequenced."))
+
+	reason := func(r string) metric.ObserveOption { return metric.WithAttributes(attribute.String("reason", r)) }
+	_, _ = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		h.mu.RLock()
+		o.ObserveInt64(sessions, int64(len(h.routes.all)))
+		o.ObserveInt64(users, int64(len(h.routes.byUser)))
+		noRole := 0
+		for c := range h.routes.all {
+			if len(c.roles) == 0 {
+				noRole++
+			}
+		}
+		for role, set := range h.routes.byRole {
+			o.ObserveInt64(byRole, int64(len(set)), metric.WithAttributes(attribute.String("role", role)))
+		}
+		h.mu.RUnlock()
+		o.ObserveInt64(byRole, int64(noRole), metric.WithAttributes(attribute.String("role", "none")))
+
+		hm := h.metrics
+		o.ObserveInt64(connects, hm.connects.Load())
+		o.ObserveInt64(broadcasts, hm.broadcasts.Load())
+		o.ObserveInt64(catchUps, hm.catchUps.Load())
+		o.ObserveInt64(resyncs, hm.resyncs.Load())
+		d, rj, se := h.Counts()
+		for r, n := range d {
+			o.ObserveInt64(drops, n, reason(r))
+		}
+		for r, n := range rj {
+			o.ObserveInt64(rejections, n, reason(r))
+		}
+		for r, n := range se {
+			o.ObserveInt64(sendErrors, n, reason(r))
+		}
+		for topic, n := range hm.topicCounts() {
+			o.ObserveInt64(sent, n, metric.WithAttributes(attribute.String("topic", topic)))
+		}
+		disp := h.head.Load()
+		o.ObserveInt64(dispatched, disp)
+		if st, err := relay.ReadStatusTimeout(ctx, h.pool); err == nil {
+			o.ObserveInt64(head, st.HeadSeq)
+			o.ObserveInt64(lag, max(st.HeadSeq-disp, 0))
+			o.ObserveInt64(pending, st.Pending)
+			o.ObserveFloat64(oldest, st.Lag)
+		}
+		return nil
+	}, sessions, byRole, users, connects, rejections, sent, sendErrors, drops, broadcasts, catchUps, resyncs,
+		head, dispatched, lag, pending, oldest)
+}
+
+// startProcessSpan starts the consumer span of one relayed event, linked to
+// the producer's trace when the row carries one.
+func (h *Hub) startProcessSpan(ctx context.Context, e *relay.Event) trace.Span {
+	opts := []trace.SpanStartOption{
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			semconv.MessagingSystemKey.String(messagingSystem),
+			semconv.MessagingOperationTypeProcess,
+			semconv.MessagingOperationName("process"),
+			semconv.MessagingDestinationName(e.Topic),
+			semconv.MessagingMessageID(strconv.FormatInt(e.ID, 10)),
+			attribute.Int64("outboxd.seq", e.Seq),
+		),
+	}
+	if l, ok := observability.LinkFromTraceparent(e.Traceparent); ok {
+		opts = append(opts, trace.WithLinks(l))
+	}
+	_, span := h.tel.tracer.Start(ctx, "process "+e.Topic, opts...)
+	return span
+}
+
+func endProcessSpan(span trace.Span, recipients int) {
+	span.SetAttributes(attribute.Int("outboxd.recipients", recipients))
+	span.End()
+}
+
+func endWithError(span trace.Span, reason string) {
+	span.SetStatus(codes.Error, reason)
+	span.End()
+}
+
+var (
+	eventPrefix = []byte(`{"type":"`)
+	seqMarker   = []byte(`","seq":`)
+	tsMarker    = []byte(`"timestamp":"`)
+)
+
+// observeSent records the end-to-end latency of an event frame written to a
+// socket, reading created_at back from the frame (always at the same place
+// in encodeEvent's output).
+func (h *Hub) observeSent(frame []byte) {
+	if !bytes.HasPrefix(frame, eventPrefix) {
+		return
+	}
+	head := frame[len(eventPrefix):min(len(frame), 120)]
+	if !bytes.Contains(head, seqMarker) {
+		return // a control frame
+	}
+	i := bytes.Index(head, tsMarker)
+	if i < 0 || i+len(tsMarker)+len(timestampLayout)-5 > len(head) {
+		return
+	}
+	ts := head[i+len(tsMarker):]
+	end := bytes.IndexByte(ts, '"')
+	if end < 0 {
+		return
+	}
+	created, err := time.Parse(timestampLayout, string(ts[:end]))
+	if err != nil {
+		return
+	}
+	h.tel.latency.Record(context.Background(), time.Since(created).Seconds())
+}
