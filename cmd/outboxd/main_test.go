@@ -264,4 +264,3 @@ func TestMigrateSubcommand(t *testing.T) {
 		t.Fatalf("bad subcommand: %v %s", err, out)
 	}
 }
-
