@@ -1,0 +1,22 @@
+# Multi-stage build: a static outboxd binary on a distroless, non-root base.
+#   docker build -t outboxd .                       the sidecar
+#   docker build --target producer -t outboxd-demo . the demo producer
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+ARG VERSION=dev
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/outboxd ./cmd/outboxd \
+ && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/go-producer ./examples/go-producer
+
+FROM gcr.io/distroless/static-debian12:nonroot AS producer
+COPY --from=build /out/go-producer /go-producer
+USER nonroot:nonroot
+ENTRYPOINT ["/go-producer"]
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/outboxd /outboxd
+USER nonroot:nonroot
+EXPOSE 8002
+ENTRYPOINT ["/outboxd"]
