@@ -8,6 +8,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -52,7 +53,12 @@ const usage = `outboxd — transactional outbox to WebSocket relay
 Usage:
   outboxd                          run the sidecar
   outboxd migrate [up|down|status] manage the outbox schema
+  outboxd token [--sub --roles --ttl]            mint a development token
+  outboxd emit --topic T [--data --users --roles] insert an event
+  outboxd tail [--url --token --since --count]   print events from a running outboxd
   outboxd version                  print the version
+
+Each subcommand takes --help.
 
 Configuration comes from the environment; see README.md.
 `
@@ -90,6 +96,24 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	case "migrate":
 		if err := migrate(ctx, cfg, args[1:], stdout, logger); err != nil {
 			fmt.Fprintln(stderr, "outboxd migrate:", err)
+			return 1
+		}
+		return 0
+	case "token", "emit", "tail":
+		var err error
+		switch cmd {
+		case "token":
+			err = cmdToken(cfg, args[1:], stdout, stderr)
+		case "emit":
+			err = cmdEmit(ctx, cfg, args[1:], stdout, stderr)
+		case "tail":
+			err = cmdTail(ctx, cfg, args[1:], stdout, stderr)
+		}
+		switch {
+		case errors.Is(err, flag.ErrHelp):
+			return 0
+		case err != nil:
+			fmt.Fprintf(stderr, "outboxd %s: %v\n", cmd, err)
 			return 1
 		}
 		return 0

@@ -133,7 +133,12 @@ func (s *syncBuffer) String() string {
 
 func startOutboxd(t *testing.T, db *dbtest.DB, extra ...string) *proc {
 	t.Helper()
-	p := &proc{addr: freeAddr(t), stderr: &syncBuffer{}}
+	return startOutboxdAt(t, db, freeAddr(t), extra...)
+}
+
+func startOutboxdAt(t *testing.T, db *dbtest.DB, addr string, extra ...string) *proc {
+	t.Helper()
+	p := &proc{addr: addr, stderr: &syncBuffer{}}
 	p.cmd = exec.Command(binary)
 	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "DATABASE_URL=" + db.URL, "LISTEN_ADDR=" + p.addr,
 		"SECRET_KEY=" + testSecret, "LOG_LEVEL=debug"}, extra...)

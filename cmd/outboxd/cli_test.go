@@ -1,0 +1,128 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/grupogad/outboxd/internal/dbtest"
+)
+
+func runCLI(t *testing.T, db *dbtest.DB, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = []string{"DATABASE_URL=" + db.URL, "SECRET_KEY=" + testSecret}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("outboxd %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// outboxd tail receives what outboxd emit inserts, and resumes with since
+// across a restart of the sidecar.
+func TestTailReceivesEmitAcrossRestart(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	p := startOutboxd(t, db)
+
+	tail := exec.Command(binary, "tail", "--url", "ws://"+p.addr+"/ws/connect", "--sub", "u1", "--roles", "LEVEL_1",
+		"--count", "3", "--duration", "60s")
+	tail.Env = []string{"SECRET_KEY=" + testSecret}
+	stdout, err := tail.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tailErr syncBuffer
+	tail.Stderr = &tailErr
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tail.Process.Kill(); _ = tail.Wait() })
+	lines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	next := func() map[string]any {
+		t.Helper()
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("tail ended early; stderr:\n%s", tailErr.String())
+			}
+			var m map[string]any
+			if err := json.Unmarshal([]byte(l), &m); err != nil {
+				t.Fatalf("tail printed %q", l)
+			}
+			return m
+		case <-time.After(20 * time.Second):
+			t.Fatalf("tail printed nothing; stderr:\n%s", tailErr.String())
+		}
+		return nil
+	}
+	if m := next(); m["type"] != "welcome" {
+		t.Fatalf("first line %v", m)
+	}
+	if out := runCLI(t, db, "emit", "--topic", "task_event", "--data", `{"n":1}`, "--users", "u1"); !strings.HasPrefix(out, "emitted id ") {
+		t.Fatalf("emit: %s", out)
+	}
+	if m := next(); m["type"] != "task_event" || m["seq"] != 1.0 {
+		t.Fatalf("line %v", m)
+	}
+	// Stop the sidecar; an event commits while it is down; start another.
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.cmd.Wait()
+	runCLI(t, db, "emit", "--topic", "efectivo_event", "--data", `{"n":2}`, "--roles", "LEVEL_1")
+	runCLI(t, db, "emit", "--topic", "task_event", "--data", `{"n":0}`, "--users", "someone-else")
+	p2 := startOutboxdAt(t, db, p.addr)
+	runCLI(t, db, "emit", "--topic", "system_event", "--data", `{"n":3}`)
+	_ = p2
+	for _, want := range []struct {
+		typ string
+		seq float64
+	}{{"efectivo_event", 2}, {"system_event", 4}} {
+		m := next()
+		for m["type"] == "welcome" {
+			m = next()
+		}
+		if m["type"] != want.typ || m["seq"] != want.seq {
+			t.Fatalf("line %v, want %s seq %v", m, want.typ, want.seq)
+		}
+	}
+	if err := tail.Wait(); err != nil {
+		t.Fatalf("tail exit: %v\n%s", err, tailErr.String())
+	}
+	if !strings.Contains(tailErr.String(), "reconnecting") {
+		t.Fatalf("tail did not say it reconnected:\n%s", tailErr.String())
+	}
+}
+
+func TestCLIHelpAndErrors(t *testing.T) {
+	t.Parallel()
+	for _, sub := range []string{"token", "emit", "tail"} {
+		out, err := exec.Command(binary, sub, "--help").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "Usage: outboxd "+sub) {
+			t.Fatalf("%s --help: %v\n%s", sub, err, out)
+		}
+	}
+	out, err := exec.Command(binary, "emit", "--topic", "Bad Topic").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "invalid event") {
+		t.Fatalf("emit with a bad topic: %v %s", err, out)
+	}
+	out, err = exec.Command(binary, "tail", "--url", "ws://127.0.0.1:1/ws/connect", "--token", "x", "--duration", "1s").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "reconnecting") {
+		t.Fatalf("tail to nowhere: %v %s", err, out)
+	}
+	out, _ = exec.Command(binary, "nonsense").CombinedOutput()
+	if !strings.Contains(string(out), `unknown command "nonsense"`) {
+		t.Fatalf("unknown command: %s", out)
+	}
+}
