@@ -13,6 +13,11 @@ help: ## List the targets
 db-up: ## Make sure the local PostgreSQL is running (starts it if down)
 	@scripts/ensure-postgres.sh
 
+.PHONY: test-deps
+test-deps: db-up ## Everything the tests need: PostgreSQL up, chromium and the Python example's packages
+	@scripts/ensure-chromium.sh
+	@scripts/ensure-python.sh
+
 .PHONY: run
 run: db-up ## Run the sidecar with the default (development) config on :8002
 	$(GO) run ./cmd/outboxd
@@ -22,7 +27,7 @@ build: ## Build bin/outboxd
 	$(GO) build -o bin/outboxd ./cmd/outboxd
 
 .PHONY: test
-test: db-up ## go vet, then every test with -race against the real PostgreSQL
+test: test-deps ## go vet, then every test with -race against the real PostgreSQL
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 

@@ -136,4 +136,3 @@ func TestLinkFromTraceparent(t *testing.T) {
 		t.Fatalf("link %+v", l)
 	}
 }
-

@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
+	"github.com/grupogad/outboxd/examples/browser"
 	"github.com/grupogad/outboxd/internal/backoff"
 	"github.com/grupogad/outboxd/observability"
 	"github.com/grupogad/outboxd/outbox"
@@ -280,6 +281,7 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 
 	mux := http.NewServeMux()
 	hub.Routes(mux)
+	browser.Routes(mux)
 	mux.Handle("GET /metrics", tel.MetricsHandler)
 	srv := &http.Server{Addr: cfg.ListenAddr, Handler: instrument(mux), ReadHeaderTimeout: 10 * time.Second}
 	srvErr := make(chan error, 1)

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/grupogad/outboxd/internal/dbtest"
+)
+
+// artifactsDir is where the browser test leaves its screenshots.
+func artifactsDir(t *testing.T) string {
+	dir := os.Getenv("OUTBOXD_ARTIFACTS")
+	if dir == "" {
+		dir = filepath.Join("..", "..", "artifacts")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func chromiumPath() string {
+	if p := os.Getenv("CHROMIUM_PATH"); p != "" {
+		return p
+	}
+	return "/usr/bin/chromium"
+}
+
+// The demo page, in headless Chromium: get a development token, connect,
+// see a row committed by SQL appear; restart outboxd and see the page
+// reconnect by itself and show an event committed while it was down.
+func TestBrowserPageLiveAndResume(t *testing.T) {
+	t.Parallel()
+	if _, err := os.Stat(chromiumPath()); err != nil {
+		t.Fatalf("chromium is required for this test (scripts/ensure-chromium.sh installs it): %v", err)
+	}
+	db := dbtest.New(t)
+	p := startOutboxd(t, db)
+	base := "http://" + p.addr
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromiumPath()),
+		chromedp.Flag("headless", true),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 800),
+	)
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelAlloc()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	ctx, cancelT := context.WithTimeout(ctx, 90*time.Second)
+	defer cancelT()
+
+	waitText := func(sel, want string) {
+		t.Helper()
+		var got string
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			var err error
+			if got, err = chromedp.Run(ctx, chromedp.TextContent(sel)); err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(got, want) {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Fatalf("%s never showed %q; it shows %q", sel, want, got)
+	}
+	shot := func(name string) {
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(artifactsDir(t), name), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(base+"/"),
+		chromedp.WaitVisible("#dev-token"),
+		chromedp.SetValue("#sub", "op7"),
+		chromedp.Click("#dev-token"),
+	); err != nil {
+		t.Fatal(err)
+	}
+	waitText("#token-hint", "Development token for op7")
+	if err := chromedp.Do(ctx, chromedp.Click("#connect")); err != nil {
+		t.Fatal(err)
+	}
+	waitText("#state", "open")
+	waitText("#status-line", "connected as op7 [LEVEL_1]")
+
+	db.Exec(t, `SELECT outbox.emit('task_event', '{"task_id": 101, "titulo": "Patrulla norte"}', NULL, ARRAY['LEVEL_1'])`)
+	waitText("#log", "Patrulla norte")
+	db.Exec(t, `SELECT outbox.emit('efectivo_event', '{"efectivo_id": 7, "disponible": false}')`)
+	waitText("#log", `"efectivo_id":7`)
+	waitText("#stats", "head seq")
+
+	// Restart the sidecar; an event commits while it is down.
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.cmd.Wait()
+	waitText("#state", "reconnecting")
+	waitText("#status-line", "since=2")
+	db.Exec(t, `SELECT outbox.emit('system_event', '{"alerta": "committed while outboxd was down"}')`)
+	startOutboxdAt(t, db, p.addr)
+	waitText("#state", "open")
+	waitText("#log", "committed while outboxd was down")
+	waitText("#log", "reconnected; resumed after seq 2")
+
+	// The test broadcast form.
+	if err := chromedp.Do(ctx, chromedp.Click("#broadcast")); err != nil {
+		t.Fatal(err)
+	}
+	waitText("#bc-result", "sent to 1 connection(s)")
+	waitText("#log", "BroadcastTest: Mensaje de prueba [info]")
+	waitText("#stats", "connections1")
+	waitText("#stats", "head seq3")
+	shot("browser-e2e.png")
+
+	// Every event arrived once, in seq order.
+	seqs, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](
+		`Array.from(document.querySelectorAll('#log .ev[data-seq]')).map(e => e.dataset.seq).reverse()`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(seqs, ",") != "1,2,3" {
+		t.Fatalf("page shows events with seqs %v, want 1,2,3", seqs)
+	}
+}

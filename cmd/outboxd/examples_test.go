@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/grupogad/outboxd/internal/dbtest"
+	"github.com/grupogad/outboxd/ws"
+)
+
+func pythonPath() string {
+	if p := os.Getenv("OUTBOXD_PYTHON"); p != "" {
+		return p
+	}
+	return "/usr/bin/python3"
+}
+
+// The example producers — Go, Python/SQLAlchemy and plain SQL — run against
+// the real database, and every event they commit reaches a WebSocket client
+// entitled to all of them, once, in seq order.
+func TestExampleProducersReachClient(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	p := startOutboxd(t, db)
+	tok, err := ws.MintHS256(testSecret, "u1", []string{"LEVEL_1", "admin"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, _, err := websocket.DefaultDialer.Dial("ws://"+p.addr+"/ws/connect?token="+url.QueryEscape(tok), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	type frame struct {
+		Type string          `json:"type"`
+		Seq  int64           `json:"seq"`
+		Data json.RawMessage `json:"data"`
+	}
+	frames := make(chan frame, 1000)
+	go func() {
+		defer close(frames)
+		for {
+			var f frame
+			if err := conn.ReadJSON(&f); err != nil {
+				return
+			}
+			frames <- f
+		}
+	}()
+	if f := <-frames; f.Type != "welcome" {
+		t.Fatalf("first frame %+v", f)
+	}
+
+	root, _ := filepath.Abs(filepath.Join("..", ".."))
+	run := func(name string, args ...string) {
+		t.Helper()
+		cmd := exec.Command(name, args...)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "DATABASE_URL="+db.URL)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+		}
+	}
+	goProducer := filepath.Join(t.TempDir(), "go-producer")
+	run("go", "build", "-o", goProducer, "./examples/go-producer")
+	run(goProducer, "-count", "40", "-rate", "0")
+	run(pythonPath(), "examples/python-sqlalchemy/producer.py", "--count", "20", "--rate", "0")
+	run("psql", db.URL, "-v", "ON_ERROR_STOP=1", "-q", "-f", "examples/sql/emit.sql")
+
+	var total int64
+	if err := db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox.events`).Scan(&total); err != nil {
+		t.Fatal(err)
+	}
+	if total < 50 {
+		t.Fatalf("the producers committed only %d events", total)
+	}
+	topics := map[string]int{}
+	var last int64
+	deadline := time.After(30 * time.Second)
+	for last < total {
+		select {
+		case f, ok := <-frames:
+			if !ok {
+				t.Fatalf("connection closed after seq %d of %d", last, total)
+			}
+			if f.Seq == 0 {
+				continue
+			}
+			if f.Seq != last+1 {
+				t.Fatalf("seq %d after %d", f.Seq, last)
+			}
+			last = f.Seq
+			topics[f.Type]++
+		case <-deadline:
+			t.Fatalf("received %d of %d events", last, total)
+		}
+	}
+	var names []string
+	for k := range topics {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	if !slices.Equal(names, []string{"dashboard_event", "efectivo_event", "system_event", "task_event"}) {
+		t.Fatalf("topics %v", topics)
+	}
+	// The Python producer's after_flush listener emitted status changes.
+	var statusChanges int64
+	if err := db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox.events
+		WHERE payload->>'action' = 'status_changed' AND payload ? 'previous'`).Scan(&statusChanges); err != nil {
+		t.Fatal(err)
+	}
+	if statusChanges == 0 {
+		t.Fatal("no status_changed event from the SQLAlchemy listener")
+	}
+}

@@ -1,0 +1,153 @@
+/*
+ * outboxd-client.js — a small, dependency-free WebSocket client for outboxd.
+ * Copy it into your frontend. Works as a classic <script> (window.OutboxdClient)
+ * and with CommonJS/bundlers (module.exports).
+ *
+ *   const client = new OutboxdClient({
+ *     url: "wss://app.example/ws/connect",     // default: same host as the page
+ *     getToken: async () => fetchFreshToken(), // called before every (re)connect
+ *     since: stateSeq,                         // optional: seq your state was read at (outbox.head())
+ *     onEvent: (ev) => apply(ev),              // {type, seq, id, timestamp, data}, in order, once each
+ *     onResync: (oldestSeq) => reloadState(),  // your since is too old: reload, live events continue
+ *     onState: (state, info) => show(state),   // connecting | open | reconnecting | closed
+ *     onMessage: (msg) => {},                  // control frames: welcome, notification, error, pong
+ *   });
+ *   client.connect();
+ *
+ * Guarantees, with outboxd: after any disconnect the client reconnects with
+ * since=<last seq> and receives exactly the events it missed, in order; events
+ * are deduplicated by seq. Close codes: 4001 (token expired) asks getToken for a
+ * fresh token and reconnects at once; 4008 (too far behind) and 1001 (server
+ * shutdown) reconnect at once with since; anything else reconnects with
+ * jittered exponential backoff.
+ */
+(function (root) {
+  "use strict";
+
+  function defaultURL() {
+    if (typeof location === "undefined") return "ws://127.0.0.1:8002/ws/connect";
+    return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/connect";
+  }
+
+  function OutboxdClient(opts) {
+    if (!(this instanceof OutboxdClient)) return new OutboxdClient(opts);
+    opts = opts || {};
+    if (typeof opts.getToken !== "function") throw new Error("OutboxdClient: getToken is required");
+    this.url = opts.url || defaultURL();
+    this.getToken = opts.getToken;
+    this.lastSeq = typeof opts.since === "number" ? opts.since : null;
+    this.onEvent = opts.onEvent || function () {};
+    this.onMessage = opts.onMessage || function () {};
+    this.onState = opts.onState || function () {};
+    this.onResync = opts.onResync || function () {};
+    this.minDelay = opts.minDelay || 500;
+    this.maxDelay = opts.maxDelay || 15000;
+    this.pingInterval = opts.pingInterval || 25000;
+    this.WebSocket = opts.WebSocket || root.WebSocket;
+    this.attempt = 0;
+    this.state = "closed";
+    this._ws = null;
+    this._timer = null;
+    this._ping = null;
+    this._stopped = true;
+  }
+
+  OutboxdClient.prototype._setState = function (state, info) {
+    this.state = state;
+    try { this.onState(state, info || {}); } catch (e) { console.error(e); }
+  };
+
+  // connect starts (or restarts) the connection loop.
+  OutboxdClient.prototype.connect = function () {
+    this._stopped = false;
+    clearTimeout(this._timer);
+    this._open();
+  };
+
+  // close stops for good (no reconnect).
+  OutboxdClient.prototype.close = function () {
+    this._stopped = true;
+    clearTimeout(this._timer);
+    clearInterval(this._ping);
+    if (this._ws) this._ws.close(1000, "client closed");
+    this._ws = null;
+    this._setState("closed", { since: this.lastSeq });
+  };
+
+  OutboxdClient.prototype._open = async function () {
+    var self = this;
+    self._setState(self.attempt === 0 ? "connecting" : "reconnecting", { attempt: self.attempt, since: self.lastSeq });
+    var token;
+    try {
+      token = await self.getToken();
+    } catch (e) {
+      return self._retry({ reason: "getToken failed: " + e });
+    }
+    if (self._stopped) return;
+    var url = self.url + (self.url.indexOf("?") < 0 ? "?" : "&") + "token=" + encodeURIComponent(token);
+    if (self.lastSeq !== null) url += "&since=" + self.lastSeq;
+    var ws;
+    try {
+      ws = new self.WebSocket(url);
+    } catch (e) {
+      return self._retry({ reason: String(e) });
+    }
+    self._ws = ws;
+    ws.onmessage = function (m) { self._frame(m.data); };
+    ws.onclose = function (e) {
+      if (self._ws !== ws) return;
+      clearInterval(self._ping);
+      self._ws = null;
+      if (self._stopped) return;
+      var info = { code: e.code, reason: e.reason, since: self.lastSeq };
+      if (e.code === 4001 || e.code === 4008 || e.code === 1001) {
+        self.attempt = Math.max(self.attempt, 1);
+        return self._retry(info, 0); // at once, with since (and a fresh token)
+      }
+      self._retry(info);
+    };
+  };
+
+  OutboxdClient.prototype._retry = function (info, delay) {
+    if (this._stopped) return;
+    this.attempt++;
+    if (delay === undefined) {
+      var cap = Math.min(this.maxDelay, this.minDelay * Math.pow(2, this.attempt - 1));
+      delay = Math.round(cap / 2 + Math.random() * cap / 2); // jitter
+    }
+    info = info || {};
+    info.attempt = this.attempt;
+    info.delay = delay;
+    info.since = this.lastSeq;
+    this._setState("reconnecting", info);
+    var self = this;
+    this._timer = setTimeout(function () { self._open(); }, delay);
+  };
+
+  OutboxdClient.prototype._frame = function (raw) {
+    var msg;
+    try { msg = JSON.parse(raw); } catch (e) { return; }
+    if (typeof msg.seq === "number") {
+      if (this.lastSeq !== null && msg.seq <= this.lastSeq) return; // duplicate
+      this.lastSeq = msg.seq;
+      try { this.onEvent(msg); } catch (e) { console.error(e); }
+      return;
+    }
+    if (msg.type === "welcome") {
+      this.attempt = 0;
+      if (this.lastSeq === null) this.lastSeq = msg.data.head_seq;
+      var self = this;
+      clearInterval(this._ping);
+      this._ping = setInterval(function () {
+        if (self._ws && self._ws.readyState === 1) self._ws.send('{"type":"ping"}');
+      }, this.pingInterval);
+      this._setState("open", { since: this.lastSeq, user: msg.data.user_id, roles: msg.data.roles });
+    } else if (msg.type === "resync_required") {
+      try { this.onResync(msg.data.oldest_seq); } catch (e) { console.error(e); }
+    }
+    try { this.onMessage(msg); } catch (e) { console.error(e); }
+  };
+
+  root.OutboxdClient = OutboxdClient;
+  if (typeof module !== "undefined" && module.exports) module.exports = OutboxdClient;
+})(typeof globalThis !== "undefined" ? globalThis : this);

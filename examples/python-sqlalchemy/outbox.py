@@ -1,0 +1,70 @@
+"""outboxd producer helpers for SQLAlchemy (1.4 and 2.0).
+
+The rule: an event is written in the SAME transaction as the change it
+describes, as the LAST statement before COMMIT. Then the event exists if and
+only if the change committed, and outboxd delivers events in commit order.
+
+Two ways to do it:
+
+    # 1. explicitly, right before commit
+    with Session(engine) as session, session.begin():
+        task.status = "done"
+        session.flush()
+        emit(session, "task_event", {"task_id": task.id, "status": "done"}, roles=["LEVEL_1"])
+
+    # 2. queue it anywhere in the unit of work; install_hooks() emits every
+    #    queued event in a before_commit hook, after the final flush
+    install_hooks(Session)
+    queue_event(session, "efectivo_event", {"efectivo_id": 7, "disponible": False})
+    session.commit()
+"""
+import json
+
+from sqlalchemy import event, text
+
+_EMIT = text(
+    "SELECT outbox.emit(:topic, CAST(:payload AS jsonb), CAST(:users AS text[]), "
+    "CAST(:roles AS text[]), :traceparent)"
+)
+_QUEUE_KEY = "outboxd.events"
+
+
+def emit(session, topic, data, users=None, roles=None, traceparent=None):
+    """Insert one event through the session's connection and return its id.
+
+    users: JWT "sub" values; roles: role names. A union; both empty: everyone.
+    A bad topic or payload fails here, inside your transaction, with the name
+    of the constraint it broke (e.g. events_topic_format_check).
+    """
+    return session.execute(
+        _EMIT,
+        {
+            "topic": topic,
+            "payload": json.dumps(data),
+            "users": list(users) if users else None,
+            "roles": list(roles) if roles else None,
+            "traceparent": traceparent,
+        },
+    ).scalar_one()
+
+
+def queue_event(session, topic, data, users=None, roles=None):
+    """Remember an event to emit at commit (see install_hooks)."""
+    session.info.setdefault(_QUEUE_KEY, []).append((topic, data, users, roles))
+
+
+def install_hooks(session_class):
+    """Emit queued events as the last statements of each commit."""
+
+    @event.listens_for(session_class, "before_commit")
+    def _emit_queued(session):
+        queued = session.info.pop(_QUEUE_KEY, [])
+        if not queued:
+            return
+        session.flush()  # model writes first, then the events
+        for topic, data, users, roles in queued:
+            emit(session, topic, data, users, roles)
+
+    @event.listens_for(session_class, "after_rollback")
+    def _drop_queued(session):
+        session.info.pop(_QUEUE_KEY, None)
