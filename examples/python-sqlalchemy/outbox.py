@@ -58,10 +58,10 @@ def install_hooks(session_class):
 
     @event.listens_for(session_class, "before_commit")
     def _emit_queued(session):
+        # Flush FIRST: the model writes go out, and after_flush listeners get
+        # their chance to queue events; only then are the queued events read.
+        session.flush()
         queued = session.info.pop(_QUEUE_KEY, [])
-        if not queued:
-            return
-        session.flush()  # model writes first, then the events
         for topic, data, users, roles in queued:
             emit(session, topic, data, users, roles)
 
