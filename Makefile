@@ -46,6 +46,7 @@ bench: db-up ## Benchmarks (BENCHTIME=1x in CI; e.g. make bench BENCHTIME=3x)
 fuzz: ## Run each fuzz target for FUZZTIME (default 30s)
 	@for f in FuzzDecodeClientMessage FuzzParseSince FuzzValidateToken; do \
 		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} ./ws || exit 1; done
+	$(GO) test -run '^$$' -fuzz '^FuzzLoadConfig$$' -fuzztime $${FUZZTIME:-30s} ./cmd/outboxd
 
 .PHONY: lint
 lint: ## gofmt, go vet and staticcheck (installed on demand)

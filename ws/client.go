@@ -10,6 +10,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/time/rate"
 
 	"github.com/grupogad/outboxd/relay"
 )
@@ -46,6 +47,8 @@ type client struct {
 
 	since    int64
 	hasSince bool
+
+	msgLimiter *rate.Limiter // client frames; nil: unlimited
 
 	// handshake is the connect span, ended once the upgrade is done.
 	handshake trace.Span
@@ -144,8 +147,12 @@ func (c *client) closed() bool {
 // in the background: a slow client still reading gets the frame after the
 // data queued before it; a client whose socket stays full sees the
 // connection cut (1006) and reconnects with since just the same.
-func (c *client) closeWith(ce CloseError) {
+//
+// It reports whether this call started the close (false if one was already
+// under way), so that a reason is counted once per session.
+func (c *client) closeWith(ce CloseError) (started bool) {
 	c.closeOnce.Do(func() {
+		started = true
 		conn := c.sess.WebsocketConnection()
 		go func() {
 			_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(ce.Code, ce.Reason),
@@ -153,6 +160,7 @@ func (c *client) closeWith(ce CloseError) {
 			_ = conn.Close()
 		}()
 	})
+	return started
 }
 
 // closeWriteWait bounds the wait to hand a close frame to the socket.
@@ -198,8 +206,9 @@ func (c *client) catchUp(resume bool) {
 		}
 		bo.Reset()
 		if page.pastRetention(cursor) {
-			h.metrics.drop("past_retention")
-			c.closeWith(ClosePastRetention)
+			if c.closeWith(ClosePastRetention) {
+				h.metrics.drop("past_retention")
+			}
 			return
 		}
 		for i := range buf {
@@ -261,8 +270,9 @@ func (c *client) tooFarBehind(cursor int64) bool {
 	if c.hub.head.Load()-cursor <= c.hub.cfg.ReplayMax {
 		return false
 	}
-	c.hub.metrics.drop("too_far_behind")
-	c.closeWith(CloseTooFarBehind)
+	if c.closeWith(CloseTooFarBehind) {
+		c.hub.metrics.drop("too_far_behind")
+	}
 	return true
 }
 

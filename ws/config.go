@@ -40,6 +40,8 @@ type Config struct {
 	ReplayMax int64
 	// WriteTimeout bounds one socket write (10 s).
 	WriteTimeout time.Duration
+	// Limits against abuse; zero values disable each limit.
+	Limits Limits
 	// TracerProvider and MeterProvider default to the OTel globals.
 	TracerProvider trace.TracerProvider
 	MeterProvider  metric.MeterProvider

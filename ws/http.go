@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/time/rate"
 
 	"github.com/grupogad/outboxd/relay"
 )
@@ -56,6 +57,11 @@ func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
 		reject(http.StatusForbidden, "origin", httpError{"forbidden_origin", "origin not allowed"})
 		return
 	}
+	if ok, wait := h.connectLimiter.allow(clientHost(r), time.Now()); !ok {
+		w.Header().Set("Retry-After", retryAfter(wait))
+		reject(http.StatusTooManyRequests, "rate_limited", httpError{"rate_limited", "too many connection attempts from this address; retry later"})
+		return
+	}
 	claims, err := h.auth.Validate(r.Context(), tokenFromRequest(r))
 	if err != nil {
 		reject(http.StatusUnauthorized, "invalid_token", httpError{"invalid_token", err.Error()})
@@ -66,10 +72,17 @@ func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
 		reject(http.StatusBadRequest, "invalid_since", httpError{"invalid_since", err.Error()})
 		return
 	}
+	if status, reason := h.overLimit(claims.UserID); status != 0 {
+		reject(status, reason, httpError{reason, "connection limit reached; retry later"})
+		return
+	}
 	c := &client{
 		hub: h, userID: claims.UserID, roles: claims.Roles, exp: claims.Expires,
 		remote: r.RemoteAddr, since: since, hasSince: hasSince, heapIdx: -1,
 		sent: make(chan struct{}, 1), done: make(chan struct{}), handshake: span,
+	}
+	if l := h.cfg.Limits; l.MessageRate > 0 {
+		c.msgLimiter = rate.NewLimiter(rate.Limit(l.MessageRate), max(l.MessageBurst, 1))
 	}
 	// The token stays out of every log: melody keeps the request, so drop
 	// it from the URL too.

@@ -44,12 +44,15 @@ type Hub struct {
 	expiries expiryHeap
 
 	closing atomic.Bool
+
+	connectLimiter *addrLimiter
 }
 
 // New returns a Hub. auth and pool are required.
 func New(auth *Authenticator, pool *pgxpool.Pool, cfg Config) *Hub {
 	cfg.setDefaults()
-	h := &Hub{cfg: cfg, auth: auth, pool: pool, metrics: newHubMetrics(), routes: newRouting()}
+	h := &Hub{cfg: cfg, auth: auth, pool: pool, metrics: newHubMetrics(), routes: newRouting(),
+		connectLimiter: newAddrLimiter(cfg.Limits.ConnectRate, cfg.Limits.ConnectBurst)}
 	m := melody.New()
 	m.Config.MessageBufferSize = cfg.SendBuffer
 	m.Config.MaxMessageSize = cfg.MaxMessageSize
@@ -138,9 +141,11 @@ func (h *Hub) sweepExpired(ctx context.Context) {
 			h.mu.Lock()
 			expired := h.expiries.popExpired(now)
 			h.mu.Unlock()
+			h.connectLimiter.sweep(now)
 			for _, c := range expired {
-				h.metrics.drop("token_expired")
-				c.closeWith(CloseTokenExpired)
+				if c.closeWith(CloseTokenExpired) {
+					h.metrics.drop("token_expired")
+				}
 			}
 		}
 	}
@@ -187,17 +192,24 @@ func (h *Hub) onConnect(s *melody.Session) {
 	if c.handshake != nil {
 		c.handshake.End()
 	}
+	h.mu.Lock()
+	if !h.admit(c) {
+		h.mu.Unlock()
+		return
+	}
+	// Under the hub lock no Dispatch runs, so the head read here is exactly
+	// where this session's live delivery starts, and the welcome, queued
+	// before the session is routable, is its first frame.
 	head := h.head.Load()
 	c.writeControl(encodeControl(TypeWelcome, WelcomeData{
 		UserID: c.userID, Roles: c.roles, HeadSeq: head,
 		HeartbeatInterval: int(h.cfg.HeartbeatInterval / time.Second),
 	}))
-	h.mu.Lock()
 	c.mu.Lock()
 	if c.hasSince {
 		c.cursor, c.state = c.since, stateCatchUp
 	} else {
-		c.cursor, c.state = h.head.Load(), stateLive
+		c.cursor, c.state = head, stateLive
 	}
 	c.mu.Unlock()
 	h.routes.add(c)
@@ -207,6 +219,41 @@ func (h *Hub) onConnect(s *melody.Session) {
 		go c.catchUp(true)
 	}
 	h.cfg.Logger.Debug("client connected", "user", c.userID, "roles", c.roles, "remote", c.remote, "since", c.since)
+}
+
+// admit re-checks the connection limits under the hub lock, now that the
+// session exists (the check before the upgrade can race with other
+// upgrades). A session over the limit is closed with 1013 (try again later).
+func (h *Hub) admit(c *client) bool {
+	l := h.cfg.Limits
+	over := ""
+	switch {
+	case l.MaxConnections > 0 && len(h.routes.all) >= l.MaxConnections:
+		over = "too_many_connections"
+	case l.MaxConnectionsPerUser > 0 && len(h.routes.byUser[c.userID]) >= l.MaxConnectionsPerUser:
+		over = "too_many_connections_for_user"
+	}
+	if over == "" {
+		return true
+	}
+	h.metrics.reject(over)
+	c.closeWith(CloseError{1013, over})
+	return false
+}
+
+// overLimit is the check before the upgrade: the answer is an HTTP status
+// the client can read.
+func (h *Hub) overLimit(userID string) (int, string) {
+	l := h.cfg.Limits
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	switch {
+	case l.MaxConnections > 0 && len(h.routes.all) >= l.MaxConnections:
+		return http.StatusServiceUnavailable, "too_many_connections"
+	case l.MaxConnectionsPerUser > 0 && len(h.routes.byUser[userID]) >= l.MaxConnectionsPerUser:
+		return http.StatusTooManyRequests, "too_many_connections_for_user"
+	}
+	return 0, ""
 }
 
 func (h *Hub) onDisconnect(s *melody.Session) {
@@ -225,6 +272,12 @@ func (h *Hub) onDisconnect(s *melody.Session) {
 func (h *Hub) onMessage(s *melody.Session, b []byte) {
 	c := sessionClient(s)
 	if c == nil {
+		return
+	}
+	if c.msgLimiter != nil && !c.msgLimiter.Allow() {
+		if c.closeWith(ClosePolicy) {
+			h.metrics.drop("message_rate")
+		}
 		return
 	}
 	if _, bad := DecodeClientMessage(b); bad != nil {

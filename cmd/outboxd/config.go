@@ -3,8 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"reflect"
+	"sort"
 	"strings"
 	"time"
 
@@ -52,6 +54,18 @@ type Config struct {
 	OutboxRetention time.Duration `env:"OUTBOX_RETENTION" envDefault:"24h"`
 	// ReplayMax is the most events a client may replay or lag behind.
 	ReplayMax int64 `env:"REPLAY_MAX" envDefault:"100000"`
+	// MaxConnections bounds sessions on this replica (0: no limit).
+	MaxConnections int `env:"MAX_CONNECTIONS" envDefault:"20000"`
+	// MaxConnectionsPerUser bounds one user's sessions on this replica.
+	MaxConnectionsPerUser int `env:"MAX_CONNECTIONS_PER_USER" envDefault:"20"`
+	// ConnectRate and ConnectBurst: new connections per second per client
+	// address (0: no limit).
+	ConnectRate  float64 `env:"CONNECT_RATE" envDefault:"10"`
+	ConnectBurst int     `env:"CONNECT_BURST" envDefault:"30"`
+	// ClientMessageRate and ClientMessageBurst: frames per second a client
+	// may send; a flood closes it with 1008 (0: no limit).
+	ClientMessageRate  float64 `env:"CLIENT_MESSAGE_RATE" envDefault:"20"`
+	ClientMessageBurst int     `env:"CLIENT_MESSAGE_BURST" envDefault:"40"`
 	// AutoMigrate applies migrations at start.
 	AutoMigrate bool `env:"AUTO_MIGRATE" envDefault:"true"`
 	// LogLevel: debug, info, warn, error.
@@ -161,6 +175,21 @@ func (c *Config) validate() []string {
 	}
 	if c.OutboxRetention < time.Minute {
 		p = append(p, fmt.Sprintf("OUTBOX_RETENTION: %s; want at least 1m", c.OutboxRetention))
+	}
+	limits := map[string]float64{
+		"MAX_CONNECTIONS": float64(c.MaxConnections), "MAX_CONNECTIONS_PER_USER": float64(c.MaxConnectionsPerUser),
+		"CONNECT_RATE": c.ConnectRate, "CONNECT_BURST": float64(c.ConnectBurst),
+		"CLIENT_MESSAGE_RATE": c.ClientMessageRate, "CLIENT_MESSAGE_BURST": float64(c.ClientMessageBurst),
+	}
+	names := make([]string, 0, len(limits))
+	for name := range limits {
+		names = append(names, name)
+	}
+	sort.Strings(names) // a stable message
+	for _, name := range names {
+		if v := limits[name]; v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+			p = append(p, fmt.Sprintf("%s: %v; want 0 (no limit) or more", name, v))
+		}
 	}
 	if c.ReplayMax < 1 {
 		p = append(p, fmt.Sprintf("REPLAY_MAX: %d; want at least 1", c.ReplayMax))

@@ -256,6 +256,11 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		Production: cfg.Production(), AllowedOrigins: cfg.AllowedOrigins,
 		HeartbeatInterval: cfg.HeartbeatInterval, SendBuffer: cfg.WSSendBuffer,
 		MaxMessageSize: cfg.WSMaxMessageSize, ReplayMax: cfg.ReplayMax, Logger: logger,
+		Limits: ws.Limits{
+			MaxConnections: cfg.MaxConnections, MaxConnectionsPerUser: cfg.MaxConnectionsPerUser,
+			ConnectRate: cfg.ConnectRate, ConnectBurst: cfg.ConnectBurst,
+			MessageRate: cfg.ClientMessageRate, MessageBurst: cfg.ClientMessageBurst,
+		},
 		Ready: func(context.Context) error {
 			if !seq.Running() || !tail.Ready() {
 				return errors.New("relay not running")

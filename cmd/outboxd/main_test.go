@@ -79,13 +79,15 @@ func TestConfigNamesEveryBadVariable(t *testing.T) {
 		"WS_MAX_MESSAGE_SIZE": "-5", "RELAY_BATCH_SIZE": "0", "RELAY_POLL_INTERVAL": "1h",
 		"OUTBOX_RETENTION": "1s", "REPLAY_MAX": "x", "AUTO_MIGRATE": "si", "LOG_LEVEL": "loud",
 		"LOG_FORMAT": "xml", "SECRET_KEY": "short", "JWKS_URL": "ftp://keys", "ALLOWED_ORIGINS": "not-an-origin",
+		"MAX_CONNECTIONS": "-1", "CONNECT_RATE": "NaN", "CLIENT_MESSAGE_BURST": "many",
 	})
 	if err == nil {
 		t.Fatal("bad configuration accepted")
 	}
 	for _, v := range []string{"DATABASE_URL", "LISTEN_ADDR", "ENVIRONMENT", "JWT_REQUIRE_EXP", "HEARTBEAT_INTERVAL",
 		"WS_SEND_BUFFER", "WS_MAX_MESSAGE_SIZE", "RELAY_BATCH_SIZE", "RELAY_POLL_INTERVAL", "OUTBOX_RETENTION",
-		"REPLAY_MAX", "AUTO_MIGRATE", "LOG_LEVEL", "LOG_FORMAT", "SECRET_KEY", "JWKS_URL", "ALLOWED_ORIGINS"} {
+		"REPLAY_MAX", "AUTO_MIGRATE", "LOG_LEVEL", "LOG_FORMAT", "SECRET_KEY", "JWKS_URL", "ALLOWED_ORIGINS",
+		"MAX_CONNECTIONS", "CONNECT_RATE", "CLIENT_MESSAGE_BURST"} {
 		if !strings.Contains(err.Error(), v) {
 			t.Errorf("error does not name %s:\n%v", v, err)
 		}
