@@ -30,7 +30,8 @@ const (
 // frames (pong, error), so a busy client still gets its pongs.
 const controlReserve = 4
 
-// catchUpBatch is how many rows one catch-up read takes.
+// catchUpBatch is the seq range one catch-up read scans (so at most that
+// many rows).
 const catchUpBatch = 256
 
 // client is one WebSocket session.
@@ -49,6 +50,11 @@ type client struct {
 	hasSince bool
 
 	msgLimiter *rate.Limiter // client frames; nil: unlimited
+
+	// overSince is when the client last went over ReplayMax behind, and
+	// overBehind how far behind it was then; catch-up goroutine only.
+	overSince  time.Time
+	overBehind int64
 
 	// handshake is the connect span, ended once the upgrade is done.
 	handshake trace.Span
@@ -227,9 +233,7 @@ func (c *client) catchUp(resume bool) {
 			h.metrics.queued(buf[i].Topic, 1)
 		}
 		c.mu.Lock()
-		if len(buf) < catchUpBatch && page.head > c.cursor {
-			c.cursor = page.head // nothing else up to the snapshot's head is ours
-		}
+		c.cursor = max(c.cursor, page.scannedTo(cursor, catchUpBatch))
 		// Rejoin live once every announced event is covered: Dispatch
 		// announces head before delivering, so any event not covered by
 		// cursor reaches us live from now on.
@@ -264,10 +268,24 @@ func (c *client) waitForRoom(ctx context.Context) bool {
 	return true
 }
 
-// tooFarBehind closes the client with 4008 if it is more than ReplayMax
-// events behind the head.
+// tooFarBehind closes the client with 4008 if it STAYS more than ReplayMax
+// events behind the head: over the limit for a whole LagWindow without
+// closing the gap. A reader slower than a burst but catching up is left
+// alone; a client that stopped reading is cut. Only the catch-up goroutine
+// calls it.
 func (c *client) tooFarBehind(cursor int64) bool {
-	if c.hub.head.Load()-cursor <= c.hub.cfg.ReplayMax {
+	behind := c.hub.head.Load() - cursor
+	if behind <= c.hub.cfg.ReplayMax {
+		c.overSince = time.Time{}
+		return false
+	}
+	now := time.Now()
+	if c.overSince.IsZero() || behind < c.overBehind {
+		// Newly over the limit, or gaining on the head: (re)start the window.
+		c.overSince, c.overBehind = now, behind
+		return false
+	}
+	if now.Sub(c.overSince) < c.hub.cfg.LagWindow {
 		return false
 	}
 	if c.closeWith(CloseTooFarBehind) {
@@ -282,9 +300,11 @@ func (c *client) checkResume(ctx context.Context) bool {
 	h := c.hub
 	var bo backoff.Backoff
 	for {
-		st, err := h.resumeStatus(ctx, c.since, c)
+		st, err := h.position(ctx)
 		if err == nil {
-			if st.entitled > h.cfg.ReplayMax || st.pastRetention(c.since) || c.since > st.head {
+			// Replay work is proportional to the seq range scanned, so
+			// REPLAY_MAX bounds the distance to the head.
+			if st.head-c.since > h.cfg.ReplayMax || st.pastRetention(c.since) || c.since > st.head {
 				h.metrics.resync()
 				oldest := st.oldest
 				if oldest == 0 {

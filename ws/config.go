@@ -15,6 +15,8 @@ const (
 	SendBufferDefault        = 64
 	MaxMessageSizeDefault    = 4096
 	ReplayMaxDefault         = 100000
+	LagWindowDefault         = 10 * time.Second
+	SocketSendBufferDefault  = 128 << 10
 	WriteTimeoutDefault      = 10 * time.Second
 )
 
@@ -35,11 +37,19 @@ type Config struct {
 	// MaxMessageSize is the largest client frame, in bytes (4096); larger
 	// ones close the connection with 1009.
 	MaxMessageSize int64
-	// ReplayMax is the most events a client may be behind, or replay on
-	// resume (100000).
+	// ReplayMax is the most events a client may replay on resume (more:
+	// resync_required), and stay behind for LagWindow (more: closed 4008).
 	ReplayMax int64
+	// LagWindow is how long a client may stay more than ReplayMax behind
+	// without gaining on the head before it is closed (10 s).
+	LagWindow time.Duration
 	// WriteTimeout bounds one socket write (10 s).
 	WriteTimeout time.Duration
+	// SocketSendBuffer caps the kernel send buffer of each connection
+	// (SocketSendBufferDefault). Linux would grow it to megabytes: that
+	// much data would sit in the kernel per slow client, and the hub could
+	// not tell a client that reads slowly from one that stopped reading.
+	SocketSendBuffer int
 	// Limits against abuse; zero values disable each limit.
 	Limits Limits
 	// TracerProvider and MeterProvider default to the OTel globals.
@@ -62,6 +72,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReplayMax <= 0 {
 		c.ReplayMax = ReplayMaxDefault
+	}
+	if c.SocketSendBuffer <= 0 {
+		c.SocketSendBuffer = SocketSendBufferDefault
+	}
+	if c.LagWindow <= 0 {
+		c.LagWindow = LagWindowDefault
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = WriteTimeoutDefault

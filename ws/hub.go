@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -188,6 +189,9 @@ var _ relay.Dispatcher = (*Hub)(nil)
 func (h *Hub) onConnect(s *melody.Session) {
 	c := sessionClient(s)
 	c.sess, c.out = s, s
+	if tc, ok := s.WebsocketConnection().UnderlyingConn().(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(h.cfg.SocketSendBuffer)
+	}
 	h.metrics.connects.Add(1)
 	if c.handshake != nil {
 		c.handshake.End()

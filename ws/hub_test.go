@@ -342,7 +342,7 @@ func TestBacklogAfterRestart(t *testing.T) {
 //
 // Not parallel: the heap bound is measured process-wide.
 func TestSlowClientCutFastClientServed(t *testing.T) {
-	e := newEnv(t, envOpts{cfg: Config{ReplayMax: 1000}})
+	e := newEnv(t, envOpts{cfg: Config{ReplayMax: 1000, LagWindow: 500 * time.Millisecond}})
 	fast := e.connect("", "fast")
 	slow, _, err := e.dial("token="+e.token("slow"), dialOpts{rcvBuf: 4096, noReader: true})
 	if err != nil {

@@ -43,7 +43,7 @@ func TestBrowserPageLiveAndResume(t *testing.T) {
 	}
 	db := dbtest.New(t)
 	p := startOutboxd(t, db)
-	base := "http://" + p.addr
+	base := "http://" + p.Addr
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromiumPath()),
@@ -112,14 +112,14 @@ func TestBrowserPageLiveAndResume(t *testing.T) {
 	waitText("#stats", "head seq")
 
 	// Restart the sidecar; an event commits while it is down.
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	_ = p.cmd.Wait()
+	_ = p.Wait()
 	waitText("#state", "reconnecting")
 	waitText("#status-line", "since=2")
 	db.Exec(t, `SELECT outbox.emit('system_event', '{"alerta": "committed while outboxd was down"}')`)
-	startOutboxdAt(t, db, p.addr)
+	startOutboxdAt(t, db, p.Addr)
 	waitText("#state", "open")
 	waitText("#log", "committed while outboxd was down")
 	waitText("#log", "reconnected; resumed after seq 2")

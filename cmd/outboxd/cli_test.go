@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/grupogad/outboxd/internal/dbtest"
+	"github.com/grupogad/outboxd/internal/proctest"
 )
 
 func runCLI(t *testing.T, db *dbtest.DB, args ...string) string {
@@ -30,14 +31,14 @@ func TestTailReceivesEmitAcrossRestart(t *testing.T) {
 	db := dbtest.New(t)
 	p := startOutboxd(t, db)
 
-	tail := exec.Command(binary, "tail", "--url", "ws://"+p.addr+"/ws/connect", "--sub", "u1", "--roles", "LEVEL_1",
+	tail := exec.Command(binary, "tail", "--url", "ws://"+p.Addr+"/ws/connect", "--sub", "u1", "--roles", "LEVEL_1",
 		"--count", "3", "--duration", "60s")
 	tail.Env = []string{"SECRET_KEY=" + testSecret}
 	stdout, err := tail.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var tailErr syncBuffer
+	var tailErr proctest.SyncBuffer
 	tail.Stderr = &tailErr
 	if err := tail.Start(); err != nil {
 		t.Fatal(err)
@@ -78,11 +79,11 @@ func TestTailReceivesEmitAcrossRestart(t *testing.T) {
 		t.Fatalf("line %v", m)
 	}
 	// Stop the sidecar; an event commits while it is down; start another.
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	_ = p.cmd.Wait()
+	_ = p.Signal(syscall.SIGTERM)
+	_ = p.Wait()
 	runCLI(t, db, "emit", "--topic", "efectivo_event", "--data", `{"n":2}`, "--roles", "LEVEL_1")
 	runCLI(t, db, "emit", "--topic", "task_event", "--data", `{"n":0}`, "--users", "someone-else")
-	p2 := startOutboxdAt(t, db, p.addr)
+	p2 := startOutboxdAt(t, db, p.Addr)
 	runCLI(t, db, "emit", "--topic", "system_event", "--data", `{"n":3}`)
 	_ = p2
 	for _, want := range []struct {

@@ -36,7 +36,7 @@ func TestExampleProducersReachClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, _, err := websocket.DefaultDialer.Dial("ws://"+p.addr+"/ws/connect?token="+url.QueryEscape(tok), nil)
+	conn, _, err := websocket.DefaultDialer.Dial("ws://"+p.Addr+"/ws/connect?token="+url.QueryEscape(tok), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

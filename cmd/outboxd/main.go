@@ -25,6 +25,7 @@ import (
 
 	"github.com/grupogad/outboxd/examples/browser"
 	"github.com/grupogad/outboxd/internal/backoff"
+	"github.com/grupogad/outboxd/internal/pgconfig"
 	"github.com/grupogad/outboxd/observability"
 	"github.com/grupogad/outboxd/outbox"
 	"github.com/grupogad/outboxd/relay"
@@ -123,25 +124,13 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	return 2
 }
 
-// newPool connects with the session settings every outboxd connection needs:
-// a sequencer that hangs must not hold the relay lock forever.
+// newPool connects with the session settings of pgconfig.Apply.
 func newPool(ctx context.Context, cfg Config) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
-	rp := pc.ConnConfig.RuntimeParams
-	rp["application_name"] = "outboxd"
-	if _, ok := rp["statement_timeout"]; !ok {
-		rp["statement_timeout"] = "30000"
-	}
-	if _, ok := rp["idle_in_transaction_session_timeout"]; !ok {
-		rp["idle_in_transaction_session_timeout"] = "30000"
-	}
-	if pc.MaxConns < 8 {
-		pc.MaxConns = 8
-	}
-	pc.ConnConfig.ConnectTimeout = 5 * time.Second
+	pgconfig.Apply(pc)
 	return pgxpool.NewWithConfig(ctx, pc)
 }
 

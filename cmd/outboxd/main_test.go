@@ -4,14 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/grupogad/outboxd/internal/dbtest"
+	"github.com/grupogad/outboxd/internal/proctest"
 	"github.com/grupogad/outboxd/ws"
 )
 
@@ -30,9 +27,9 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	binary = filepath.Join(dir, "outboxd")
-	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build outboxd: %v\n%s", err, out)
+	binary, err = proctest.Build(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := 0
@@ -98,74 +95,17 @@ func TestConfigNamesEveryBadVariable(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
+const testSecret = proctest.SecretKey
+
+func startOutboxd(t *testing.T, db *dbtest.DB, extra ...string) *proctest.Process {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return startOutboxdAt(t, db, proctest.FreeAddr(t), extra...)
 }
 
-type proc struct {
-	cmd    *exec.Cmd
-	stderr *syncBuffer
-	addr   string
-}
-
-// syncBuffer is a bytes.Buffer the child's stderr copier and the test may
-// use at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func startOutboxd(t *testing.T, db *dbtest.DB, extra ...string) *proc {
+func startOutboxdAt(t *testing.T, db *dbtest.DB, addr string, extra ...string) *proctest.Process {
 	t.Helper()
-	return startOutboxdAt(t, db, freeAddr(t), extra...)
+	return proctest.Start(t, binary, addr, append([]string{"DATABASE_URL=" + db.URL}, extra...)...)
 }
-
-func startOutboxdAt(t *testing.T, db *dbtest.DB, addr string, extra ...string) *proc {
-	t.Helper()
-	p := &proc{addr: addr, stderr: &syncBuffer{}}
-	p.cmd = exec.Command(binary)
-	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "DATABASE_URL=" + db.URL, "LISTEN_ADDR=" + p.addr,
-		"SECRET_KEY=" + testSecret, "LOG_LEVEL=debug"}, extra...)
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.cmd.Process.Kill(); _ = p.cmd.Wait() })
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		resp, err := http.Get("http://" + p.addr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("outboxd not ready: %v\n%s", err, p.stderr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-const testSecret = "binary-test-secret-0123456789"
 
 func TestBinaryRelaysAndStopsGracefully(t *testing.T) {
 	t.Parallel()
@@ -175,7 +115,7 @@ func TestBinaryRelaysAndStopsGracefully(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, _, err := websocket.DefaultDialer.Dial("ws://"+p.addr+"/ws/connect?token="+url.QueryEscape(tok), nil)
+	conn, _, err := websocket.DefaultDialer.Dial("ws://"+p.Addr+"/ws/connect?token="+url.QueryEscape(tok), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,12 +136,12 @@ func TestBinaryRelaysAndStopsGracefully(t *testing.T) {
 	if m := read(); m["type"] != "task_event" || m["seq"] != 1.0 || m["data"].(map[string]any)["status"] != "created" {
 		t.Fatalf("event frame %v", m)
 	}
-	if strings.Contains(p.stderr.String(), tok) {
+	if strings.Contains(p.Stderr.String(), tok) {
 		t.Fatal("the token appears in the log")
 	}
 
 	start := time.Now()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -209,14 +149,14 @@ func TestBinaryRelaysAndStopsGracefully(t *testing.T) {
 	if ce, ok := err.(*websocket.CloseError); !ok || ce.Code != websocket.CloseGoingAway {
 		t.Fatalf("client saw %v, want close 1001", err)
 	}
-	if err := p.cmd.Wait(); err != nil {
-		t.Fatalf("exit: %v\n%s", err, p.stderr)
+	if err := p.Wait(); err != nil {
+		t.Fatalf("exit: %v\n%s", err, p.Stderr)
 	}
 	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("shutdown took %s", took)
 	}
-	if !strings.Contains(p.stderr.String(), "stopped") {
-		t.Fatalf("log:\n%s", p.stderr)
+	if !strings.Contains(p.Stderr.String(), "stopped") {
+		t.Fatalf("log:\n%s", p.Stderr)
 	}
 }
 

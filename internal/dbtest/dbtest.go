@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/grupogad/outboxd/internal/pgconfig"
 	outboxsql "github.com/grupogad/outboxd/sql"
 )
 
@@ -81,6 +82,7 @@ func NewEmpty(t testing.TB) *DB {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pgconfig.Apply(cfg) // the settings outboxd itself runs with
 	cfg.MaxConns = 16
 	db.Pool, err = pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
