@@ -27,9 +27,16 @@ build: ## Build bin/outboxd
 	$(GO) build -o bin/outboxd ./cmd/outboxd
 
 .PHONY: test
-test: test-deps ## go vet, then every test with -race against the real PostgreSQL
+test: test-deps ## go vet, then every test with -race against the real PostgreSQL (chaos short forms included)
 	$(GO) vet $(PKGS)
+	$(GO) vet -tags pgrestart ./internal/chaos
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+	@# Restarts the PostgreSQL cluster: alone, after every other test.
+	$(GO) test -race -count=1 -timeout 5m -tags pgrestart -run '^TestPostgresRestart$$' ./internal/chaos
+
+.PHONY: chaos
+chaos: test-deps ## Long chaos forms: 20,000 events with kills every 2 s, a 1,000,000-row burst, PostgreSQL restart
+	OUTBOXD_CHAOS_LONG=1 $(GO) test -count=1 -timeout 30m -tags pgrestart -v ./internal/chaos
 
 .PHONY: test-race
 test-race: test ## Same as test (tests always run with -race)
