@@ -22,7 +22,7 @@ import (
 // Defaults for SequencerConfig.
 const (
 	BatchSizeDefault       = 5000
-	PollIntervalDefault    = 20 * time.Millisecond
+	PollIntervalDefault    = 100 * time.Millisecond
 	MinPollIntervalDefault = 2 * time.Millisecond
 	QueryTimeoutDefault    = 10 * time.Second
 )
@@ -35,7 +35,10 @@ const NotifyChannel = "outbox_seq"
 type SequencerConfig struct {
 	// BatchSize is the most rows numbered in one transaction (5000).
 	BatchSize int
-	// PollInterval is the longest sleep between polls when idle (20 ms).
+	// PollInterval is the longest sleep between polls when idle (100 ms):
+	// the sequencer polls every MinPollInterval right after activity and
+	// doubles its sleep while nothing arrives, up to this. Measured: 20 ms
+	// costs 2.3 % of a core when idle, 100 ms 0.7 % (BENCHMARKS.md).
 	PollInterval time.Duration
 	// MinPollInterval is the sleep after a partial batch (2 ms): long enough
 	// to let a few more rows gather, short enough for latency.

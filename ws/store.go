@@ -27,7 +27,7 @@ const entitledFilter = `((coalesce(cardinality(e.target_users), 0) = 0 AND coale
 // query for 100 ms.
 const catchUpSQL = `SELECT h.last_seq, h.oldest, ev.id, ev.seq, ev.topic, ev.payload, ev.created_at
 FROM (SELECT (SELECT last_seq FROM outbox.relay_state) AS last_seq,
-             coalesce((SELECT min(seq) FROM outbox.events WHERE seq IS NOT NULL), 0) AS oldest) h
+             coalesce(` + relay.OldestSeqSQL + `, 0) AS oldest) h
 LEFT JOIN LATERAL (
   SELECT e.id, e.seq, e.topic, e.payload, e.created_at FROM outbox.events e
   WHERE e.seq > $1 AND e.seq <= least(h.last_seq, $1 + $4) AND ` + entitledFilter + `
@@ -81,7 +81,7 @@ func (h *Hub) readEntitled(ctx context.Context, after int64, c *client, span int
 }
 
 const statusSQL = `SELECT (SELECT last_seq FROM outbox.relay_state),
-  coalesce((SELECT min(seq) FROM outbox.events WHERE seq IS NOT NULL), 0)`
+  coalesce(` + relay.OldestSeqSQL + `, 0)`
 
 // position reads the head and the oldest retained seq.
 func (h *Hub) position(ctx context.Context) (catchUpPage, error) {

@@ -49,7 +49,7 @@ type Config struct {
 	// RelayBatchSize is the most rows sequenced in one transaction.
 	RelayBatchSize int `env:"RELAY_BATCH_SIZE" envDefault:"5000"`
 	// RelayPollInterval is the longest idle sleep of the sequencer.
-	RelayPollInterval time.Duration `env:"RELAY_POLL_INTERVAL" envDefault:"20ms"`
+	RelayPollInterval time.Duration `env:"RELAY_POLL_INTERVAL" envDefault:"100ms"`
 	// OutboxRetention is how long sequenced rows are kept for resume.
 	OutboxRetention time.Duration `env:"OUTBOX_RETENTION" envDefault:"24h"`
 	// ReplayMax is the most events a client may replay or lag behind.

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"go.uber.org/goleak"
 
 	"github.com/grupogad/outboxd/internal/dbtest"
 	"github.com/grupogad/outboxd/internal/proctest"
@@ -20,26 +19,7 @@ import (
 
 var binary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "outboxd-chaos")
-	if err != nil {
-		panic(err)
-	}
-	binary, err = proctest.Build(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(proctest.RunWithBinary(m, &binary)) }
 
 func long() bool { return os.Getenv("OUTBOXD_CHAOS_LONG") == "1" }
 
@@ -180,6 +160,20 @@ func TestReplicasKilledAndRestarted(t *testing.T) {
 	t.Logf("%d events, %d kills, %d reconnects across 6 followers", n, kills, reconnects)
 }
 
+// twoReplicas starts two outboxd on db and a follower on each (each moving
+// to the other replica when its connection ends).
+func twoReplicas(t *testing.T, db *dbtest.DB) (addrs []string, f1, f2 *proctest.Follower) {
+	t.Helper()
+	addrs = []string{proctest.FreeAddr(t), proctest.FreeAddr(t)}
+	for _, a := range addrs {
+		proctest.Start(t, binary, a, "DATABASE_URL="+db.URL)
+	}
+	f1 = proctest.Follow(t, token(t, "a"), addrs, 0)
+	f2 = proctest.Follow(t, token(t, "b"), addrs, 1)
+	time.Sleep(200 * time.Millisecond) // followers connected
+	return addrs, f1, f2
+}
+
 func terminate(t *testing.T, db *dbtest.DB) int64 {
 	t.Helper()
 	admin, err := pgxpool.New(context.Background(), dbtest.AdminURL())
@@ -202,13 +196,7 @@ func TestTerminateBackendsRepeatedly(t *testing.T) {
 	t.Parallel()
 	db := dbtest.New(t)
 	n := pick(3000, 20000)
-	addrs := []string{proctest.FreeAddr(t), proctest.FreeAddr(t)}
-	for _, a := range addrs {
-		proctest.Start(t, binary, a, "DATABASE_URL="+db.URL)
-	}
-	f1 := proctest.Follow(t, token(t, "a"), addrs, 0)
-	f2 := proctest.Follow(t, token(t, "b"), addrs, 1)
-	time.Sleep(200 * time.Millisecond)
+	_, f1, f2 := twoReplicas(t, db)
 	prod := produce(t, db.URL, n, 10, 5*time.Millisecond)
 	killed := int64(0)
 	for {

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/grupogad/outboxd/internal/dbtest"
-	"github.com/grupogad/outboxd/internal/proctest"
 )
 
 // restartPostgres restarts the local Debian cluster, as an operator would.
@@ -39,13 +38,7 @@ func restartPostgres(t *testing.T) time.Duration {
 func TestPostgresRestart(t *testing.T) {
 	db := dbtest.New(t)
 	n := pick(3000, 20000)
-	addrs := []string{proctest.FreeAddr(t), proctest.FreeAddr(t)}
-	for _, a := range addrs {
-		proctest.Start(t, binary, a, "DATABASE_URL="+db.URL)
-	}
-	f1 := proctest.Follow(t, token(t, "a"), addrs, 0)
-	f2 := proctest.Follow(t, token(t, "b"), addrs, 1)
-	time.Sleep(200 * time.Millisecond)
+	addrs, f1, f2 := twoReplicas(t, db)
 	prod := produce(t, db.URL, n, 10, 5*time.Millisecond)
 	time.Sleep(500 * time.Millisecond)
 	took := restartPostgres(t)

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // SecretKey signs the tokens of processes started here.
@@ -34,6 +36,30 @@ func Build(dir string) (string, error) {
 		return "", fmt.Errorf("build outboxd: %w\n%s", err, out)
 	}
 	return bin, nil
+}
+
+// RunWithBinary is a TestMain body: it builds outboxd into a temporary
+// directory, stores its path in *binary, runs the tests, checks for leaked
+// goroutines, and returns the exit code.
+func RunWithBinary(m *testing.M, binary *string) int {
+	dir, err := os.MkdirTemp("", "outboxd-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if *binary, err = Build(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	return code
 }
 
 // FreeAddr returns a 127.0.0.1 address nobody listens on.

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/grupogad/outboxd/outbox"
+	"github.com/grupogad/outboxd/ws"
+)
+
+// benchTopic marks the benchmark's events.
+const benchTopic = "bench_event"
+
+// client is one WebSocket connection recording what it receives.
+type client struct {
+	conn *websocket.Conn
+	lat  *hist
+
+	mu       sync.Mutex
+	last     int64
+	distinct int64
+	dups     int64
+	gaps     int64 // times a seq skipped ahead (an event missed)
+	notes    int64 // notification frames (test broadcasts)
+	lastAt   time.Time
+	closeErr error
+	done     chan struct{}
+	first    int64
+}
+
+var (
+	seqKey = []byte(`"seq":`)
+	tKey   = []byte(`"t":`)
+)
+
+// parseInt reads the integer after key in b (the frames are ours: no need
+// to decode the whole JSON per message on a loaded 2-core machine).
+func parseInt(b, key []byte) (int64, bool) {
+	i := bytes.Index(b, key)
+	if i < 0 {
+		return 0, false
+	}
+	b = bytes.TrimLeft(b[i+len(key):], " ") // jsonb prints "key": value
+	j := 0
+	for j < len(b) && (b[j] == '-' || (b[j] >= '0' && b[j] <= '9')) {
+		j++
+	}
+	n, err := strconv.ParseInt(string(b[:j]), 10, 64)
+	return n, err == nil
+}
+
+func dialClient(ctx context.Context, wsURL, token string, since int64) (*client, error) {
+	u := wsURL + "?token=" + url.QueryEscape(token)
+	if since >= 0 {
+		u += "&since=" + strconv.FormatInt(since, 10)
+	}
+	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 16 << 10}
+	conn, resp, err := d.DialContext(ctx, u, nil)
+	if err != nil {
+		if resp != nil {
+			return nil, fmt.Errorf("dial: %w (HTTP %d)", err, resp.StatusCode)
+		}
+		return nil, fmt.Errorf("dial: %w", err)
+	}
+	c := &client{conn: conn, lat: newHist(), done: make(chan struct{}), first: -1}
+	// The welcome frame comes first.
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, b, err := conn.ReadMessage()
+	if err != nil || !bytes.Contains(b, []byte(`"welcome"`)) {
+		conn.Close()
+		return nil, fmt.Errorf("no welcome frame: %v %q", err, b)
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	go c.read()
+	return c, nil
+}
+
+func (c *client) read() {
+	defer close(c.done)
+	for {
+		_, b, err := c.conn.ReadMessage()
+		now := time.Now()
+		if err != nil {
+			c.mu.Lock()
+			c.closeErr = err
+			c.mu.Unlock()
+			return
+		}
+		seq, ok := parseInt(b, seqKey)
+		if !ok {
+			if bytes.Contains(b, []byte(`"notification"`)) {
+				c.mu.Lock()
+				c.notes++
+				c.lastAt = now
+				c.mu.Unlock()
+			}
+			continue
+		}
+		if t, ok := parseInt(b, tKey); ok {
+			c.lat.record(now.Sub(time.Unix(0, t)))
+		}
+		c.mu.Lock()
+		switch {
+		case c.first < 0:
+			c.first, c.last, c.distinct = seq, seq, 1
+		case seq <= c.last:
+			c.dups++
+		default:
+			if seq != c.last+1 {
+				c.gaps++
+			}
+			c.last = seq
+			c.distinct++
+		}
+		c.lastAt = now
+		c.mu.Unlock()
+	}
+}
+
+func (c *client) snapshot() (last, distinct, dups, gaps, notes int64, lastAt time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last, c.distinct, c.dups, c.gaps, c.notes, c.lastAt
+}
+
+// connectClients opens n clients in parallel (bounded), each with its own
+// user id.
+func connectClients(ctx context.Context, wsURL, secret string, n int, since int64, progress func(int)) ([]*client, error) {
+	out := make([]*client, n)
+	var next atomic.Int64
+	var done atomic.Int64
+	var firstErr error
+	var emu sync.Mutex
+	var wg sync.WaitGroup
+	for range min(n, 64) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				tok, err := ws.MintHS256(secret, fmt.Sprintf("bench-%d", i), []string{"bench"}, 6*time.Hour)
+				if err == nil {
+					out[i], err = dialClient(ctx, wsURL, tok, since)
+				}
+				if err != nil {
+					emu.Lock()
+					if firstErr == nil {
+						firstErr = fmt.Errorf("client %d: %w", i, err)
+					}
+					emu.Unlock()
+					return
+				}
+				if progress != nil {
+					progress(int(done.Add(1)))
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		closeClients(out)
+		return nil, firstErr
+	}
+	return out, nil
+}
+
+func closeClients(cs []*client) {
+	for _, c := range cs {
+		if c != nil {
+			_ = c.conn.Close()
+		}
+	}
+}
+
+// loadSpec is what the producers do.
+type loadSpec struct {
+	producers int
+	rate      float64 // events/s in total; 0: as fast as possible
+	batch     int     // events per transaction
+	duration  time.Duration
+	padBytes  int
+}
+
+// produce runs the producers until the duration ends and returns how many
+// events and transactions committed.
+func produce(ctx context.Context, pool *pgxpool.Pool, spec loadSpec, committed *atomic.Int64) (txs int64, err error) {
+	ctx, cancel := context.WithTimeout(ctx, spec.duration)
+	defer cancel()
+	pad := strings.Repeat("x", spec.padBytes)
+	var txCount atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, spec.producers)
+	for p := range spec.producers {
+		wg.Go(func() {
+			var interval time.Duration
+			if spec.rate > 0 {
+				interval = time.Duration(float64(time.Second) * float64(spec.batch) * float64(spec.producers) / spec.rate)
+			}
+			start := time.Now()
+			for k := 0; ; k++ {
+				if interval > 0 {
+					wait := time.Until(start.Add(time.Duration(k) * interval))
+					if wait > 0 {
+						select {
+						case <-ctx.Done():
+							return
+						case <-time.After(wait):
+						}
+					}
+				}
+				if ctx.Err() != nil {
+					return
+				}
+				evs := make([]outbox.Event, spec.batch)
+				for i := range evs {
+					evs[i] = outbox.Event{Topic: benchTopic, Data: json.RawMessage(fmt.Sprintf(
+						`{"t":%d,"p":%d,"pad":%q}`, time.Now().UnixNano(), p, pad))}
+				}
+				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+					if len(evs) == 1 {
+						_, err := outbox.Emit(ctx, tx, evs[0])
+						return err
+					}
+					_, err := outbox.EmitBatch(ctx, tx, evs)
+					return err
+				})
+				if err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					errs <- err
+					return
+				}
+				txCount.Add(1)
+				committed.Add(int64(len(evs)))
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return txCount.Load(), <-errs
+}
+
+// waitDelivered waits until every client's last seq reaches head, or
+// nothing arrives for quiet.
+func waitDelivered(cs []*client, head int64, quiet, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		all, newest := true, time.Time{}
+		for _, c := range cs {
+			last, _, _, _, _, at := c.snapshot()
+			if last < head {
+				all = false
+			}
+			if at.After(newest) {
+				newest = at
+			}
+		}
+		if all || (!newest.IsZero() && time.Since(newest) > quiet) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/grupogad/outboxd/internal/dbtest"
+	"github.com/grupogad/outboxd/internal/proctest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestHistQuantiles(t *testing.T) {
+	h := newHist()
+	for i := 1; i <= 1000; i++ {
+		h.record(time.Duration(i) * time.Millisecond)
+	}
+	for _, c := range []struct {
+		q    float64
+		want time.Duration
+	}{{0.5, 500 * time.Millisecond}, {0.99, 990 * time.Millisecond}, {1, time.Second}} {
+		got := h.quantile(c.q)
+		if diff := float64(got-c.want) / float64(c.want); diff < -0.011 || diff > 0.011 {
+			t.Errorf("q%.2f = %s, want %s ±1%%", c.q, got, c.want)
+		}
+	}
+	other := newHist()
+	other.record(5 * time.Second)
+	h.merge(other)
+	if h.quantile(1) != 5*time.Second || h.count != 1001 {
+		t.Fatalf("merge: max %s count %d", h.quantile(1), h.count)
+	}
+	if newHist().quantile(0.5) != 0 {
+		t.Fatal("empty histogram")
+	}
+	if pts := h.cdf(); len(pts) == 0 || pts[len(pts)-1][1] != 1 {
+		t.Fatal("cdf does not reach 1")
+	}
+}
+
+func TestParseInt(t *testing.T) {
+	frame := []byte(`{"type":"bench_event","seq":42,"id":7,"timestamp":"2026-11-27T05:01:02.123456Z","data":{"p": 1, "t": 1795000000000000000, "pad": "x"}}`)
+	if v, ok := parseInt(frame, seqKey); !ok || v != 42 {
+		t.Fatalf("seq %d %v", v, ok)
+	}
+	if v, ok := parseInt(frame, tKey); !ok || v != 1795000000000000000 {
+		t.Fatalf("t %d %v", v, ok)
+	}
+	if _, ok := parseInt([]byte(`{"type":"welcome"}`), seqKey); ok {
+		t.Fatal("seq found in a welcome frame")
+	}
+}
+
+func TestOnlyThisMachine(t *testing.T) {
+	for _, ok := range []string{"postgres://postgres@127.0.0.1:5432/x", "postgres://localhost/x", "postgres://[::1]/x", "postgres:///x?host=/var/run/postgresql"} {
+		if err := checkLoopback(ok); err != nil {
+			t.Errorf("%s refused: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"postgres://10.0.0.5/x", "postgres://db.example.com/x", "postgres://192.168.1.1/x"} {
+		if err := checkLoopback(bad); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}
+
+// A small end-to-end run of two scenarios against a real outboxd: the
+// report has the metrics, no event is lost, and JSON and SVG are written.
+func TestSmokeRun(t *testing.T) {
+	dir := t.TempDir()
+	bin, err := proctest.Build(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := dbtest.NewEmpty(t) // only to reserve a unique name; the bench recreates it
+	db.Pool.Close()
+	var out bytes.Buffer
+	o := options{outboxd: bin, adminURL: dbtest.AdminURL(), dbName: db.Name, runs: 1, scale: 0.02,
+		jsonOut: dir + "/r.json", svgOut: dir + "/r.svg"}
+	for _, sc := range []string{"backlog", "steady-100"} {
+		o.scenario = sc
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		err := run(ctx, o, &out)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", sc, err, out.String())
+		}
+	}
+	report := out.String()
+	for _, want := range []string{"backlog (1 runs)", "events_per_s", "steady-100 (1 runs)", "latency_p99", "lost"} {
+		if !strings.Contains(report, want) {
+			t.Fatalf("report lacks %q:\n%s", want, report)
+		}
+	}
+	for _, line := range strings.Split(report, "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[0] == "lost" && f[1] != "0" {
+			t.Fatalf("events lost: %s", line)
+		}
+	}
+	for _, f := range []string{"r.json", "r.svg"} {
+		if st, err := os.Stat(dir + "/" + f); err != nil || st.Size() == 0 {
+			t.Fatalf("%s not written: %v", f, err)
+		}
+	}
+}

@@ -1,0 +1,379 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+type scenarioFunc func(ctx context.Context, e *benchEnv) (result, error)
+
+var scenarios = map[string]scenarioFunc{
+	"backlog":         backlog,
+	"steady-100":      func(ctx context.Context, e *benchEnv) (result, error) { return steady(ctx, e, 100, 1000, 5, 25, 0) },
+	"steady-1000":     func(ctx context.Context, e *benchEnv) (result, error) { return steady(ctx, e, 1000, 100, 0, 50, 0) },
+	"max":             maxRate,
+	"idle-conns":      idleConns,
+	"producer-impact": producerImpact,
+	"idle-cpu":        idleCPU,
+}
+
+func scenarioNames() []string {
+	names := make([]string, 0, len(scenarios))
+	for k := range scenarios {
+		names = append(names, k)
+	}
+	order := map[string]int{"backlog": 1, "steady-100": 2, "steady-1000": 3, "max": 4, "idle-conns": 5, "producer-impact": 6, "idle-cpu": 7}
+	sort.Slice(names, func(i, j int) bool { return order[names[i]] < order[names[j]] })
+	return names
+}
+
+func head(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
+	var h int64
+	err := pool.QueryRow(ctx, `SELECT outbox.head()`).Scan(&h)
+	return h, err
+}
+
+// deliveryStats adds what the clients saw: lost, duplicated, out of order,
+// messages delivered, and the merged latency.
+func deliveryStats(r *result, cs []*client, firstSeq, lastSeq int64) (delivered int64) {
+	lat := newHist()
+	var lost, dups, gaps int64
+	expected := lastSeq - firstSeq + 1
+	for _, c := range cs {
+		_, distinct, d, g, _, _ := c.snapshot()
+		lost += max(0, expected-distinct)
+		dups += d
+		gaps += g
+		delivered += distinct
+		lat.merge(c.lat)
+	}
+	r.Latency = lat
+	r.add("latency_p50", ms(lat.quantile(0.50)), "ms")
+	r.add("latency_p90", ms(lat.quantile(0.90)), "ms")
+	r.add("latency_p99", ms(lat.quantile(0.99)), "ms")
+	r.add("latency_p999", ms(lat.quantile(0.999)), "ms")
+	r.add("latency_max", ms(lat.quantile(1)), "ms")
+	r.add("lost", float64(lost), "events (all clients)")
+	r.add("duplicated", float64(dups), "events (all clients)")
+	r.add("out_of_order", float64(gaps), "events (all clients)")
+	return delivered
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// 1. Backlog drain: events pending before outboxd starts, one client.
+func backlog(ctx context.Context, e *benchEnv) (result, error) {
+	var r result
+	n := e.n(1000000)
+	pool, err := e.freshDB(ctx)
+	if err != nil {
+		return r, err
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, `INSERT INTO outbox.events (topic, payload)
+		SELECT $2, jsonb_build_object('n', g, 'pad', repeat('x', 64)) FROM generate_series(1, $1::int) g`, n, benchTopic); err != nil {
+		return r, err
+	}
+	if _, err := pool.Exec(ctx, `VACUUM ANALYZE outbox.events`); err != nil {
+		return r, err
+	}
+	start := time.Now()
+	sc, err := e.startSidecar(ctx)
+	if err != nil {
+		return r, err
+	}
+	defer sc.stop()
+	cs, err := connectClients(ctx, sc.wsURL(), benchSecret, 1, 0, nil)
+	if err != nil {
+		return r, err
+	}
+	defer closeClients(cs)
+	stop := progress("backlog", 30*time.Second, func() string {
+		last, _, _, _, _, _ := cs[0].snapshot()
+		return fmt.Sprintf("%d/%d", last, n)
+	})
+	waitDelivered(cs, int64(n), 30*time.Second, 10*time.Minute)
+	stop()
+	_, distinct, _, _, _, lastAt := cs[0].snapshot()
+	took := lastAt.Sub(start)
+	r.add("events", float64(n), "events")
+	r.add("drain_seconds", took.Seconds(), "s (outboxd start → last receipt)")
+	r.add("events_per_s", float64(distinct)/took.Seconds(), "events/s")
+	r.add("lost", float64(int64(n)-distinct), "events")
+	r.Targets = []target{{Metric: "events_per_s", Op: ">=", Value: 40000}, {Metric: "lost", Op: "<=", Value: 0}}
+	return r, nil
+}
+
+// steady runs rate events/s broadcast to clients for the duration.
+func steady(ctx context.Context, e *benchEnv, clients int, rate float64, p50, p99 float64, producers int) (result, error) {
+	spec := loadSpec{producers: max(producers, 4), rate: rate, batch: 1, duration: e.d(30 * time.Second), padBytes: 64}
+	r, err := load(ctx, e, e.n(clients), spec)
+	if err != nil {
+		return r, err
+	}
+	if p50 > 0 {
+		r.Targets = append(r.Targets, target{Metric: "latency_p50", Op: "<=", Value: p50})
+	}
+	r.Targets = append(r.Targets, target{Metric: "latency_p99", Op: "<=", Value: p99}, target{Metric: "lost", Op: "<=", Value: 0})
+	return r, nil
+}
+
+// 4. Maximum sustained rate to 10 clients.
+func maxRate(ctx context.Context, e *benchEnv) (result, error) {
+	spec := loadSpec{producers: 8, rate: 0, batch: 20, duration: e.d(20 * time.Second), padBytes: 64}
+	r, err := load(ctx, e, 10, spec)
+	if err != nil {
+		return r, err
+	}
+	r.Targets = []target{{Metric: "events_per_s", Op: ">=", Value: 20000}, {Metric: "latency_p99", Op: "<=", Value: 100}, {Metric: "lost", Op: "<=", Value: 0}}
+	return r, nil
+}
+
+// load is the shared body of the streaming scenarios.
+func load(ctx context.Context, e *benchEnv, clients int, spec loadSpec) (result, error) {
+	var r result
+	pool, sc, cleanup, err := e.setup(ctx)
+	if err != nil {
+		return r, err
+	}
+	defer cleanup()
+	cs, err := connectClients(ctx, sc.wsURL(), benchSecret, clients, -1, nil)
+	if err != nil {
+		return r, err
+	}
+	defer closeClients(cs)
+	first, err := head(ctx, pool)
+	if err != nil {
+		return r, err
+	}
+	var committed atomic.Int64
+	before, _ := sampleProc(sc.pid())
+	stop := progress(fmt.Sprintf("%d clients", clients), spec.duration, func() string {
+		last, _, _, _, _, _ := cs[0].snapshot()
+		return fmt.Sprintf("committed %d, client 0 at seq %d", committed.Load(), last)
+	})
+	start := time.Now()
+	txs, err := produce(ctx, pool, spec, &committed)
+	produced := time.Since(start)
+	if err != nil {
+		stop()
+		return r, fmt.Errorf("producers: %w", err)
+	}
+	last, err := head(ctx, pool)
+	for err == nil && last-first < committed.Load() { // wait for the sequencer
+		time.Sleep(10 * time.Millisecond)
+		last, err = head(ctx, pool)
+	}
+	waitDelivered(cs, last, 5*time.Second, 2*time.Minute)
+	stop()
+	after, _ := sampleProc(sc.pid())
+	delivered := deliveryStats(&r, cs, first+1, last)
+	var lastAt time.Time
+	for _, c := range cs {
+		if _, _, _, _, _, at := c.snapshot(); at.After(lastAt) {
+			lastAt = at
+		}
+	}
+	span := lastAt.Sub(start).Seconds()
+	events := float64(last - first)
+	r.Metrics = append([]metric{
+		{"clients", float64(clients), "connections"},
+		{"events", events, "events"},
+		{"transactions", float64(txs), "tx"},
+		{"events_per_s", events / produced.Seconds(), "events/s committed"},
+		{"messages_per_s", float64(delivered) / span, "messages/s delivered"},
+	}, r.Metrics...)
+	r.add("outboxd_cpu", cpuPercent(before, after), "% of one core")
+	r.add("outboxd_rss", float64(after.rssKiB)/1024, "MiB")
+	return r, nil
+}
+
+// 5. Idle connections: memory per connection, then one broadcast to all.
+func idleConns(ctx context.Context, e *benchEnv) (result, error) {
+	var r result
+	n := e.n(10000)
+	pool, sc, cleanup, err := e.setup(ctx)
+	if err != nil {
+		return r, err
+	}
+	defer cleanup()
+	time.Sleep(500 * time.Millisecond)
+	before, err := sampleProc(sc.pid())
+	if err != nil {
+		return r, err
+	}
+	var connected atomic.Int64
+	stop := progress("connecting", 20*time.Second, func() string { return fmt.Sprintf("%d/%d", connected.Load(), n) })
+	cs, err := connectClients(ctx, sc.wsURL(), benchSecret, n, -1, func(k int) { connected.Store(int64(k)) })
+	stop()
+	if err != nil {
+		return r, err
+	}
+	defer closeClients(cs)
+	time.Sleep(2 * time.Second) // let the runtime settle
+	after, _ := sampleProc(sc.pid())
+	r.add("connections", float64(n), "connections")
+	r.add("rss_before", float64(before.rssKiB)/1024, "MiB")
+	r.add("rss_after", float64(after.rssKiB)/1024, "MiB")
+	r.add("rss_per_connection", float64(after.rssKiB-before.rssKiB)*1024/float64(n)/1000, "KB")
+
+	// One event broadcast to all: from INSERT to the last receipt.
+	at := time.Now()
+	if _, err := pool.Exec(ctx, `SELECT outbox.emit($1, jsonb_build_object('t', $2::bigint))`, benchTopic, at.UnixNano()); err != nil {
+		return r, err
+	}
+	h, _ := head(ctx, pool)
+	for h == 0 {
+		time.Sleep(time.Millisecond)
+		h, _ = head(ctx, pool)
+	}
+	waitDelivered(cs, h, 5*time.Second, time.Minute)
+	r.add("event_broadcast_last_receipt", ms(lastReceipt(cs).Sub(at)), "ms (INSERT → last of all clients)")
+	deliveryStats(&r, cs, h, h)
+
+	// The test broadcast: from the POST to the last notification.
+	at = time.Now()
+	resp, err := http.Post("http://"+sc.addr+"/ws/_test/broadcast", "application/json", strings.NewReader(`{"title":"bench"}`))
+	if err != nil {
+		return r, err
+	}
+	resp.Body.Close()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) && notesReceived(cs) < int64(n) {
+		time.Sleep(time.Millisecond)
+	}
+	r.add("test_broadcast_last_receipt", ms(lastReceipt(cs).Sub(at)), "ms (POST → last of all clients)")
+	r.Targets = []target{
+		{Metric: "rss_per_connection", Op: "<=", Value: 20},
+		{Metric: "test_broadcast_last_receipt", Op: "<=", Value: 50},
+	}
+	return r, nil
+}
+
+func lastReceipt(cs []*client) time.Time {
+	var t time.Time
+	for _, c := range cs {
+		if _, _, _, _, _, at := c.snapshot(); at.After(t) {
+			t = at
+		}
+	}
+	return t
+}
+
+func notesReceived(cs []*client) int64 {
+	var n int64
+	for _, c := range cs {
+		_, _, _, _, notes, _ := c.snapshot()
+		if notes > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// 6. Producer impact: single-row transactions with outboxd stopped, then
+// running.
+func producerImpact(ctx context.Context, e *benchEnv) (result, error) {
+	var r result
+	spec := loadSpec{producers: 8, rate: 0, batch: 1, duration: e.d(15 * time.Second), padBytes: 64}
+	measure := func(withSidecar bool) (float64, error) {
+		pool, err := e.freshDB(ctx)
+		if err != nil {
+			return 0, err
+		}
+		defer pool.Close()
+		if withSidecar {
+			sc, err := e.startSidecar(ctx)
+			if err != nil {
+				return 0, err
+			}
+			defer sc.stop()
+			cs, err := connectClients(ctx, sc.wsURL(), benchSecret, 1, -1, nil)
+			if err != nil {
+				return 0, err
+			}
+			defer closeClients(cs)
+		}
+		var committed atomic.Int64
+		label := "outboxd stopped"
+		if withSidecar {
+			label = "outboxd running"
+		}
+		stop := progress(label, spec.duration, func() string { return fmt.Sprintf("%d tx", committed.Load()) })
+		start := time.Now()
+		txs, err := produce(ctx, pool, spec, &committed)
+		stop()
+		return float64(txs) / time.Since(start).Seconds(), err
+	}
+	without, err := measure(false)
+	if err != nil {
+		return r, err
+	}
+	with, err := measure(true)
+	if err != nil {
+		return r, err
+	}
+	r.add("tx_per_s_without_outboxd", without, "tx/s")
+	r.add("tx_per_s_with_outboxd", with, "tx/s")
+	r.add("ratio", 100*with/without, "%")
+	r.Targets = []target{{Metric: "ratio", Op: ">=", Value: 85}}
+	return r, nil
+}
+
+// 7. Idle: outboxd with nothing to relay.
+func idleCPU(ctx context.Context, e *benchEnv) (result, error) {
+	var r result
+	pool, sc, cleanup, err := e.setup(ctx)
+	if err != nil {
+		return r, err
+	}
+	defer cleanup()
+	time.Sleep(2 * time.Second)
+	window := e.d(10 * time.Second)
+	a, err := sampleProc(sc.pid())
+	if err != nil {
+		return r, err
+	}
+	pgA := postgresTicks(ctx, pool)
+	stop := progress("idle", window, func() string { return "" })
+	time.Sleep(window)
+	stop()
+	b, _ := sampleProc(sc.pid())
+	pgB := postgresTicks(ctx, pool)
+	r.add("outboxd_cpu", cpuPercent(a, b), "% of one core")
+	r.add("postgres_backends_cpu", float64(pgB-pgA)/clockTicks/window.Seconds()*100, "% of one core (outboxd's sessions)")
+	r.add("total_cpu", cpuPercent(a, b)+float64(pgB-pgA)/clockTicks/window.Seconds()*100, "% of one core")
+	r.Targets = []target{{Metric: "total_cpu", Op: "<=", Value: 1}}
+	return r, nil
+}
+
+// postgresTicks sums the CPU ticks of the PostgreSQL backends serving
+// outboxd (application_name outboxd), read from /proc.
+func postgresTicks(ctx context.Context, pool *pgxpool.Pool) int64 {
+	rows, err := pool.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = 'outboxd'`)
+	if err != nil {
+		return 0
+	}
+	var pids []int
+	for rows.Next() {
+		var pid int
+		if rows.Scan(&pid) == nil {
+			pids = append(pids, pid)
+		}
+	}
+	rows.Close()
+	var total int64
+	for _, pid := range pids {
+		if s, err := sampleProc(pid); err == nil {
+			total += s.cpuTicks
+		}
+	}
+	return total
+}
