@@ -7,14 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/gorilla/websocket"
-
+	"github.com/grupogad/outboxd/internal/wsclient"
 	"github.com/grupogad/outboxd/outbox"
 	"github.com/grupogad/outboxd/ws"
 )
@@ -122,108 +118,31 @@ func cmdTail(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 		ctx, cancel = context.WithTimeout(ctx, *duration)
 		defer cancel()
 	}
-	t := &tailer{url: *addr, token: *token, since: *since, count: *count, out: stdout, log: stderr}
-	err := t.run(ctx)
+	seen := 0
+	r := &wsclient.Resumer{URLs: []string{*addr}, Token: *token, Since: *since}
+	r.OnFrame = func(f wsclient.Frame) error {
+		if f.Duplicate {
+			return nil // dedupe by seq
+		}
+		if _, err := fmt.Fprintf(stdout, "%s\n", f.Raw); err != nil {
+			return err
+		}
+		if f.Seq > 0 {
+			seen++
+			if *count > 0 && seen >= *count {
+				return wsclient.ErrStop
+			}
+		}
+		return nil
+	}
+	r.Backoff = func(attempt int, err error) time.Duration {
+		wait := min(250*time.Millisecond<<min(attempt, 5), 5*time.Second)
+		fmt.Fprintf(stderr, "tail: %v; reconnecting in %s with since=%d\n", err, wait, r.Last())
+		return wait
+	}
+	err := r.Run(ctx)
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return nil
 	}
 	return err
-}
-
-type tailer struct {
-	url, token string
-	since      int64
-	count      int
-	seen       int
-	out, log   io.Writer
-}
-
-var errDone = errors.New("done")
-
-func (t *tailer) run(ctx context.Context) error {
-	wait := 250 * time.Millisecond
-	for {
-		err := t.once(ctx)
-		if errors.Is(err, errDone) {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		var ce *websocket.CloseError
-		if errors.As(err, &ce) && ce.Code == 4001 {
-			return fmt.Errorf("token expired: %w", err)
-		}
-		if errors.Is(err, errRefused) {
-			return err
-		}
-		fmt.Fprintf(t.log, "tail: %v; reconnecting in %s with since=%d\n", err, wait, t.since)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
-		}
-		wait = min(wait*2, 5*time.Second)
-	}
-}
-
-var errRefused = errors.New("connection refused by outboxd")
-
-func (t *tailer) once(ctx context.Context) error {
-	u, err := url.Parse(t.url)
-	if err != nil {
-		return fmt.Errorf("--url: %w", err)
-	}
-	q := u.Query()
-	if t.since >= 0 {
-		q.Set("since", strconv.FormatInt(t.since, 10))
-	}
-	u.RawQuery = q.Encode()
-	h := http.Header{"Authorization": {"Bearer " + t.token}}
-	conn, resp, err := websocket.DefaultDialer.DialContext(ctx, u.String(), h)
-	if err != nil {
-		if resp != nil && resp.StatusCode >= 400 && resp.StatusCode < 500 {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-			return fmt.Errorf("%w: HTTP %d %s", errRefused, resp.StatusCode, strings.TrimSpace(string(body)))
-		}
-		return err
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
-	defer stop()
-	for {
-		_, b, err := conn.ReadMessage()
-		if err != nil {
-			return err
-		}
-		var f struct {
-			Type string `json:"type"`
-			Seq  int64  `json:"seq"`
-		}
-		if err := json.Unmarshal(b, &f); err != nil {
-			return fmt.Errorf("bad frame: %w", err)
-		}
-		if f.Seq > 0 {
-			if f.Seq <= t.since {
-				continue // dedupe by seq
-			}
-			t.since = f.Seq
-		} else if f.Type == ws.TypeWelcome && t.since < 0 {
-			var w struct {
-				Data ws.WelcomeData `json:"data"`
-			}
-			if json.Unmarshal(b, &w) == nil {
-				t.since = w.Data.HeadSeq
-			}
-		}
-		if _, err := fmt.Fprintf(t.out, "%s\n", b); err != nil {
-			return err
-		}
-		if f.Seq > 0 {
-			t.seen++
-			if t.count > 0 && t.seen >= t.count {
-				return errDone
-			}
-		}
-	}
 }

@@ -2,15 +2,13 @@ package proctest
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"net/url"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/grupogad/outboxd/internal/wsclient"
 )
 
 // Follower is a WebSocket client that follows the event stream across
@@ -51,75 +49,42 @@ func (f *Follower) Stop() {
 	<-f.done
 }
 
-func (f *Follower) run(ctx context.Context, i int) {
+func (f *Follower) run(ctx context.Context, first int) {
 	defer close(f.done)
-	for ctx.Err() == nil {
-		err := f.once(ctx, f.addrs[i%len(f.addrs)])
-		if ctx.Err() != nil {
-			return
-		}
+	urls := make([]string, len(f.addrs))
+	for i := range f.addrs {
+		urls[i] = "ws://" + f.addrs[(first+i)%len(f.addrs)] + "/ws/connect"
+	}
+	r := &wsclient.Resumer{URLs: urls, Token: f.token, Since: -1, HandshakeTimeout: 2 * time.Second}
+	r.Backoff = func(_ int, err error) time.Duration {
+		f.mu.Lock()
+		defer f.mu.Unlock()
 		if ce, ok := err.(*websocket.CloseError); ok {
-			f.mu.Lock()
 			f.closes[ce.Code]++
-			f.mu.Unlock()
 		}
-		f.mu.Lock()
 		f.reconnects++
-		f.mu.Unlock()
-		i++ // another replica
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(50 * time.Millisecond):
-		}
+		return 50 * time.Millisecond // and on to the next replica
 	}
-}
-
-func (f *Follower) once(ctx context.Context, addr string) error {
-	q := url.Values{"token": {f.token}}
-	f.mu.Lock()
-	if f.last > 0 || f.reconnects > 0 {
-		q.Set("since", strconv.FormatInt(f.last, 10))
-	}
-	f.mu.Unlock()
-	d := websocket.Dialer{HandshakeTimeout: 2 * time.Second}
-	conn, _, err := d.DialContext(ctx, "ws://"+addr+"/ws/connect?"+q.Encode(), nil)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
-	defer stop()
-	for {
-		_, b, err := conn.ReadMessage()
-		if err != nil {
-			return err
-		}
-		var fr struct {
-			Type string `json:"type"`
-			Seq  int64  `json:"seq"`
-		}
-		if err := json.Unmarshal(b, &fr); err != nil {
-			return fmt.Errorf("bad frame %q", b)
-		}
+	r.OnFrame = func(fr wsclient.Frame) error {
 		if fr.Seq == 0 {
-			continue
+			return nil
 		}
 		f.mu.Lock()
+		defer f.mu.Unlock()
 		f.raw++
 		switch {
-		case fr.Seq <= f.last:
+		case fr.Duplicate:
 			f.duplicates++
-		case fr.Seq != f.last+1 && f.last != 0:
+		case f.last != 0 && fr.Seq != f.last+1:
 			f.outOfOrder++
-			f.seqs = append(f.seqs, fr.Seq)
-			f.last = fr.Seq
+			fallthrough
 		default:
 			f.seqs = append(f.seqs, fr.Seq)
 			f.last = fr.Seq
 		}
-		f.mu.Unlock()
+		return nil
 	}
+	_ = r.Run(ctx)
 }
 
 // Stats is what a Follower saw.

@@ -1,0 +1,156 @@
+// Package wsclient follows an outboxd event stream the way a well-behaved
+// client does: connect, read frames, and after any disconnect reconnect
+// (optionally to another replica) with since=<last seq>, deduplicating by
+// seq. The CLI's `outboxd tail` and the chaos tests' followers use it.
+package wsclient
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// Frame is what Resumer hands to OnFrame.
+type Frame struct {
+	Type string
+	Seq  int64 // 0 for control frames
+	Raw  []byte
+	// Duplicate is true for an event at or below the last seq seen (it is
+	// still passed on, for callers that count duplicates).
+	Duplicate bool
+}
+
+// ErrStop, returned by OnFrame, ends Run without error.
+var ErrStop = errors.New("wsclient: stop")
+
+// ErrRefused is returned when outboxd refuses the connection with an HTTP
+// 4xx (bad token, bad since, …): reconnecting would not help.
+var ErrRefused = errors.New("connection refused by outboxd")
+
+// Resumer follows the stream. Set the fields, then call Run.
+type Resumer struct {
+	// URLs of /ws/connect; each reconnect moves to the next one.
+	URLs  []string
+	Token string
+	// Since is the seq to resume after; negative means live only for the
+	// first connection (later ones always resume).
+	Since int64
+	// OnFrame receives every frame; return ErrStop to end.
+	OnFrame func(Frame) error
+	// Backoff returns how long to wait before reconnect number attempt
+	// after err; the default is 250 ms doubling to 5 s.
+	Backoff func(attempt int, err error) time.Duration
+	// HandshakeTimeout bounds each dial (default 5 s).
+	HandshakeTimeout time.Duration
+
+	last    int64
+	started bool
+}
+
+// Last is the last seq received.
+func (r *Resumer) Last() int64 { return r.last }
+
+// Run follows the stream until ctx ends (returning ctx.Err()), OnFrame
+// returns ErrStop (nil) or an error, or outboxd refuses the connection.
+func (r *Resumer) Run(ctx context.Context) error {
+	if len(r.URLs) == 0 {
+		return errors.New("wsclient: no URL")
+	}
+	r.last = r.Since
+	for attempt := 0; ; attempt++ {
+		err := r.once(ctx, r.URLs[attempt%len(r.URLs)])
+		switch {
+		case errors.Is(err, ErrStop):
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, ErrRefused), errors.Is(err, errCallback):
+			return err
+		}
+		wait := r.backoff(attempt, err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+var errCallback = errors.New("wsclient: OnFrame failed")
+
+func (r *Resumer) backoff(attempt int, err error) time.Duration {
+	if r.Backoff != nil {
+		return r.Backoff(attempt, err)
+	}
+	return min(250*time.Millisecond<<min(attempt, 5), 5*time.Second)
+}
+
+func (r *Resumer) once(ctx context.Context, raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%w: URL %q: %v", ErrRefused, raw, err)
+	}
+	q := u.Query()
+	if r.last >= 0 && (r.started || r.Since >= 0) {
+		q.Set("since", strconv.FormatInt(r.last, 10))
+	}
+	u.RawQuery = q.Encode()
+	d := websocket.Dialer{HandshakeTimeout: r.HandshakeTimeout}
+	if d.HandshakeTimeout == 0 {
+		d.HandshakeTimeout = 5 * time.Second
+	}
+	conn, resp, err := d.DialContext(ctx, u.String(), http.Header{"Authorization": {"Bearer " + r.Token}})
+	if err != nil {
+		if resp != nil && resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+			return fmt.Errorf("%w: HTTP %d %s", ErrRefused, resp.StatusCode, strings.TrimSpace(string(body)))
+		}
+		return err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	defer stop()
+	r.started = true
+	for {
+		_, b, err := conn.ReadMessage()
+		if err != nil {
+			return err
+		}
+		var f struct {
+			Type string `json:"type"`
+			Seq  int64  `json:"seq"`
+			Data struct {
+				HeadSeq int64 `json:"head_seq"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal(b, &f); err != nil {
+			return fmt.Errorf("bad frame %q: %w", b, err)
+		}
+		fr := Frame{Type: f.Type, Seq: f.Seq, Raw: b}
+		switch {
+		case f.Seq > 0 && f.Seq <= r.last:
+			fr.Duplicate = true
+		case f.Seq > 0:
+			r.last = f.Seq
+		case f.Type == "welcome" && r.last < 0:
+			r.last = f.Data.HeadSeq // live from here; resume from here after a cut
+		}
+		if r.OnFrame != nil {
+			if err := r.OnFrame(fr); err != nil {
+				if errors.Is(err, ErrStop) {
+					return err
+				}
+				return fmt.Errorf("%w: %v", errCallback, err)
+			}
+		}
+	}
+}
