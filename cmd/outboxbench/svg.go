@@ -23,7 +23,7 @@ func drawSVG(ss []summary) string {
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/><text x="%.1f" y="%.1f" text-anchor="middle">%g ms</text>`,
 			x(t), y(0), x(t), y(1), x(t), y(0)+16, t)
 	}
-	for _, f := range []float64{0, 0.5, 0.9, 0.99, 1} {
+	for _, f := range []float64{0, 0.5, 0.9, 1} {
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#eee"/><text x="%.1f" y="%.1f" text-anchor="end">%g</text>`,
 			left, y(f), w-right, y(f), left-4, y(f)+4, f)
 	}
