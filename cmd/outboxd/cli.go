@@ -48,13 +48,7 @@ func cmdToken(cfg Config, args []string, stdout, stderr io.Writer) error {
 	if *sub == "" || *ttl <= 0 {
 		return errors.New("--sub must be non-empty and --ttl positive")
 	}
-	secret := cfg.SecretKey
-	if secret == "" {
-		if cfg.Production() {
-			return errors.New("SECRET_KEY is not set")
-		}
-		secret = DevSecretKey
-	}
+	secret, _ := cfg.SigningKey()
 	tok, err := ws.MintHS256(secret, *sub, splitList(*roles), *ttl)
 	if err != nil {
 		return err
@@ -103,10 +97,7 @@ func cmdTail(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 		return err
 	}
 	if *token == "" {
-		secret := cfg.SecretKey
-		if secret == "" {
-			secret = DevSecretKey
-		}
+		secret, _ := cfg.SigningKey()
 		t, err := ws.MintHS256(secret, *sub, splitList(*roles), 24*time.Hour)
 		if err != nil {
 			return err

@@ -76,6 +76,15 @@ type Config struct {
 	PprofAddr string `env:"PPROF_ADDR"`
 }
 
+// SigningKey is the HS256 key: SECRET_KEY, or outside production when no
+// key source is set, DevSecretKey (dev reports that it is the latter).
+func (c *Config) SigningKey() (key string, dev bool) {
+	if c.SecretKey != "" || c.Production() || c.JWKSURL != "" {
+		return c.SecretKey, false
+	}
+	return DevSecretKey, true
+}
+
 // Production reports whether ENVIRONMENT is production.
 func (c *Config) Production() bool { return c.Environment == "production" }
 

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,10 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
-
 	"github.com/grupogad/outboxd/internal/dbtest"
-	"github.com/grupogad/outboxd/ws"
 )
 
 func pythonPath() string {
@@ -32,15 +28,7 @@ func TestExampleProducersReachClient(t *testing.T) {
 	t.Parallel()
 	db := dbtest.New(t)
 	p := startOutboxd(t, db)
-	tok, err := ws.MintHS256(testSecret, "u1", []string{"LEVEL_1", "admin"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, _, err := websocket.DefaultDialer.Dial("ws://"+p.Addr+"/ws/connect?token="+url.QueryEscape(tok), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn, _ := dialAs(t, p, "u1", "LEVEL_1", "admin")
 	type frame struct {
 		Type string          `json:"type"`
 		Seq  int64           `json:"seq"`

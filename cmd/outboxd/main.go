@@ -187,11 +187,11 @@ type service interface {
 }
 
 func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
-	secret := cfg.SecretKey
-	if secret == "" && cfg.JWKSURL == "" {
-		secret = DevSecretKey
+	secret, dev := cfg.SigningKey()
+	if dev {
 		logger.Warn("SECRET_KEY unset: using the development key; never do this in production")
 	}
+
 	tel, err := observability.Setup(ctx, observability.Options{Version: version})
 	if err != nil {
 		return err

@@ -83,11 +83,11 @@ func startOutboxdAt(t *testing.T, db *dbtest.DB, addr string, extra ...string) *
 	return proctest.Start(t, binary, addr, append([]string{"DATABASE_URL=" + db.URL}, extra...)...)
 }
 
-func TestBinaryRelaysAndStopsGracefully(t *testing.T) {
-	t.Parallel()
-	db := dbtest.NewEmpty(t) // AUTO_MIGRATE creates the schema
-	p := startOutboxd(t, db)
-	tok, err := ws.MintHS256(testSecret, "op1", []string{"LEVEL_1"}, time.Hour)
+// dialAs opens a WebSocket to p as sub with roles, and returns the token it
+// used.
+func dialAs(t *testing.T, p *proctest.Process, sub string, roles ...string) (*websocket.Conn, string) {
+	t.Helper()
+	tok, err := ws.MintHS256(testSecret, sub, roles, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,15 @@ func TestBinaryRelaysAndStopsGracefully(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn, tok
+}
+
+func TestBinaryRelaysAndStopsGracefully(t *testing.T) {
+	t.Parallel()
+	db := dbtest.NewEmpty(t) // AUTO_MIGRATE creates the schema
+	p := startOutboxd(t, db)
+	conn, tok := dialAs(t, p, "op1", "LEVEL_1")
 	read := func() map[string]any {
 		t.Helper()
 		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -121,7 +129,7 @@ func TestBinaryRelaysAndStopsGracefully(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	_, _, err = conn.ReadMessage()
+	_, _, err := conn.ReadMessage()
 	if ce, ok := err.(*websocket.CloseError); !ok || ce.Code != websocket.CloseGoingAway {
 		t.Fatalf("client saw %v, want close 1001", err)
 	}
