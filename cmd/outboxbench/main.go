@@ -9,6 +9,9 @@
 //	go build -o bin/outboxd ./cmd/outboxd
 //	go run ./cmd/outboxbench -outboxd bin/outboxd -scenario all -runs 3 -json bench.json -svg bench.svg
 //
+// -scenario custom runs the load given by -clients, -producers, -rate,
+// -batch, -duration and -pad (no target).
+//
 // Scenarios (targets from BENCHMARKS.md):
 //
 //	backlog          1,000,000 pending events drained to one client     ≥ 40,000 events/s
@@ -35,6 +38,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 )
 
 type options struct {
@@ -49,6 +53,14 @@ type options struct {
 	scale     float64
 	extraEnv  string
 	pprofAddr string
+	custom    customSpec
+}
+
+// customSpec is the load of -scenario custom.
+type customSpec struct {
+	clients, producers, batch, padBytes int
+	rate                                float64
+	duration                            time.Duration
 }
 
 func main() {
@@ -63,6 +75,12 @@ func main() {
 	flag.Float64Var(&o.scale, "scale", 1, "scale counts and durations (0.1 for a quick smoke run)")
 	flag.StringVar(&o.extraEnv, "env", "", "extra environment for outboxd, comma separated (RELAY_BATCH_SIZE=1000,…)")
 	flag.StringVar(&o.pprofAddr, "pprof", "", "pass PPROF_ADDR to outboxd (e.g. 127.0.0.1:6060) to profile it during a run")
+	flag.IntVar(&o.custom.clients, "clients", 10, "custom: WebSocket clients")
+	flag.IntVar(&o.custom.producers, "producers", 4, "custom: producer connections")
+	flag.Float64Var(&o.custom.rate, "rate", 1000, "custom: events/s in total (0: as fast as possible)")
+	flag.IntVar(&o.custom.batch, "batch", 1, "custom: events per transaction (1: single-row)")
+	flag.DurationVar(&o.custom.duration, "duration", 10*time.Second, "custom: how long the producers run (at most 10m)")
+	flag.IntVar(&o.custom.padBytes, "pad", 64, "custom: payload padding in bytes")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -82,10 +100,14 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if o.runs < 1 || o.runs > 20 || o.scale <= 0 || o.scale > 10 {
 		return errors.New("-runs must be 1..20 and -scale in (0, 10]")
 	}
+	if c := o.custom; c.clients < 1 || c.clients > 15000 || c.producers < 1 || c.producers > 64 || c.batch < 1 || c.batch > 10000 ||
+		c.rate < 0 || c.duration <= 0 || c.duration > 10*time.Minute || c.padBytes < 0 || c.padBytes > 200000 {
+		return errors.New("custom load out of bounds: -clients 1..15000, -producers 1..64, -batch 1..10000, -rate ≥ 0, -duration ≤ 10m, -pad ≤ 200000")
+	}
 	raiseFileLimit()
 	names := scenarioNames()
 	if o.scenario != "all" {
-		if !slices.Contains(names, o.scenario) {
+		if !slices.Contains(names, o.scenario) && o.scenario != "custom" {
 			return fmt.Errorf("unknown scenario %q; want one of %s or all", o.scenario, strings.Join(names, ", "))
 		}
 		names = []string{o.scenario}

@@ -82,8 +82,9 @@ func TestSmokeRun(t *testing.T) {
 	db.Pool.Close()
 	var out bytes.Buffer
 	o := options{outboxd: bin, adminURL: dbtest.AdminURL(), dbName: db.Name, runs: 1, scale: 0.02,
-		jsonOut: dir + "/r.json", svgOut: dir + "/r.svg"}
-	for _, sc := range []string{"backlog", "steady-100"} {
+		jsonOut: dir + "/r.json", svgOut: dir + "/r.svg",
+		custom: customSpec{clients: 3, producers: 2, rate: 500, batch: 5, duration: time.Second, padBytes: 10}}
+	for _, sc := range []string{"backlog", "steady-100", "custom"} {
 		o.scenario = sc
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		err := run(ctx, o, &out)
@@ -93,7 +94,7 @@ func TestSmokeRun(t *testing.T) {
 		}
 	}
 	report := out.String()
-	for _, want := range []string{"backlog (1 runs)", "events_per_s", "steady-100 (1 runs)", "latency_p99", "lost"} {
+	for _, want := range []string{"backlog (1 runs)", "events_per_s", "steady-100 (1 runs)", "latency_p99", "lost", "custom (1 runs)"} {
 		if !strings.Contains(report, want) {
 			t.Fatalf("report lacks %q:\n%s", want, report)
 		}
@@ -107,5 +108,18 @@ func TestSmokeRun(t *testing.T) {
 		if st, err := os.Stat(dir + "/" + f); err != nil || st.Size() == 0 {
 			t.Fatalf("%s not written: %v", f, err)
 		}
+	}
+}
+
+func TestCustomLoadBounds(t *testing.T) {
+	o := options{outboxd: os.Args[0], adminURL: dbtest.AdminURL(), runs: 1, scale: 1, scenario: "custom",
+		custom: customSpec{clients: 100000, producers: 1, batch: 1, rate: 1, duration: time.Second}}
+	if err := run(context.Background(), o, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "out of bounds") {
+		t.Fatalf("unbounded load accepted: %v", err)
+	}
+	o.custom.clients = 1
+	o.adminURL = "postgres://db.example.com/x"
+	if err := run(context.Background(), o, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "this machine") {
+		t.Fatalf("remote database accepted: %v", err)
 	}
 }

@@ -22,12 +22,21 @@ var scenarios = map[string]scenarioFunc{
 	"idle-conns":      idleConns,
 	"producer-impact": producerImpact,
 	"idle-cpu":        idleCPU,
+	"custom":          custom,
+}
+
+// custom runs the load given on the command line.
+func custom(ctx context.Context, e *benchEnv) (result, error) {
+	c := e.o.custom
+	return load(ctx, e, c.clients, loadSpec{producers: c.producers, rate: c.rate, batch: c.batch, duration: c.duration, padBytes: c.padBytes})
 }
 
 func scenarioNames() []string {
 	names := make([]string, 0, len(scenarios))
 	for k := range scenarios {
-		names = append(names, k)
+		if k != "custom" { // not part of "all"
+			names = append(names, k)
+		}
 	}
 	order := map[string]int{"backlog": 1, "steady-100": 2, "steady-1000": 3, "max": 4, "idle-conns": 5, "producer-impact": 6, "idle-cpu": 7}
 	sort.Slice(names, func(i, j int) bool { return order[names[i]] < order[names[j]] })
