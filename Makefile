@@ -59,7 +59,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s)
 lint: ## gofmt, go vet and staticcheck (installed on demand)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet $(PKGS)
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 $(PKGS)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
 
 .PHONY: db-reset
 db-reset: db-up ## Drop and recreate the outbox schema in DATABASE_URL (destroys events!)

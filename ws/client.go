@@ -2,10 +2,11 @@ package ws
 
 import (
 	"context"
-	"github.com/grupogad/outboxd/internal/backoff"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/grupogad/outboxd/internal/backoff"
 
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"

@@ -307,11 +307,3 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-
-func seqs(fs []frame) []int64 {
-	out := make([]int64, len(fs))
-	for i, f := range fs {
-		out[i] = f.Seq
-	}
-	return out
-}

@@ -78,8 +78,8 @@ func TestRelaySpanLinkedToProducer(t *testing.T) {
 		"messaging.destination.name": "task_event", "messaging.message.id": itoa(ids[0]),
 	}
 	for k, v := range want {
-		if attrs[attribute.Key(k)].Emit() != v {
-			t.Errorf("%s = %q, want %q", k, attrs[attribute.Key(k)].Emit(), v)
+		if attrs[attribute.Key(k)].String() != v {
+			t.Errorf("%s = %q, want %q", k, attrs[attribute.Key(k)].String(), v)
 		}
 	}
 	if attrs["outboxd.recipients"].AsInt64() != 1 || attrs["outboxd.seq"].AsInt64() != 1 {

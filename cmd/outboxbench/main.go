@@ -49,7 +49,6 @@ type options struct {
 	runs      int
 	jsonOut   string
 	svgOut    string
-	quick     bool
 	scale     float64
 	extraEnv  string
 	pprofAddr string

@@ -3,7 +3,6 @@ package chaos
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"sync"
 	"syscall"
@@ -296,13 +295,4 @@ func TestBurstDrainsWithBoundedMemory(t *testing.T) {
 	if err := p.Wait(); err != nil {
 		t.Fatalf("exit after burst: %v", err)
 	}
-}
-
-func ready(addr string) bool {
-	resp, err := http.Get("http://" + addr + "/readyz")
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
 }

@@ -3,6 +3,7 @@
 package chaos
 
 import (
+	"net/http"
 	"os"
 	"os/exec"
 	"sort"
@@ -59,4 +60,13 @@ func TestPostgresRestart(t *testing.T) {
 		}
 	}
 	assertGapFree(t, db, int64(n))
+}
+
+func ready(addr string) bool {
+	resp, err := http.Get("http://" + addr + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
