@@ -192,6 +192,7 @@ func (c *client) catchUp(resume bool) {
 	}
 	var bo backoff.Backoff
 	buf := make([]relay.Event, 0, catchUpBatch)
+	var memBuf []recentItem
 	for !c.closed() {
 		c.mu.Lock()
 		cursor := c.cursor
@@ -199,42 +200,49 @@ func (c *client) catchUp(resume bool) {
 		if c.tooFarBehind(cursor) {
 			return
 		}
-		var page catchUpPage
-		var err error
-		page, buf, err = h.readEntitled(ctx, cursor, c, catchUpBatch, buf[:0])
-		if err != nil {
-			if ctx.Err() == nil {
-				h.cfg.Logger.Warn("catch-up read failed; retrying", "err", err, "user", c.userID)
+		// From memory when the recent frames cover the cursor, else from
+		// the table.
+		var scannedTo int64
+		var fromMemory bool
+		if mem, to, ok := h.recent.after(cursor, catchUpBatch, c, memBuf[:0]); ok {
+			memBuf, scannedTo, fromMemory = mem, to, true
+			h.metrics.pagesMemory.Add(1)
+			for i := range memBuf {
+				if !c.writeCaughtUp(ctx, memBuf[i].seq, memBuf[i].frame, memBuf[i].topic) {
+					return
+				}
 			}
-			if !bo.Wait(ctx) {
-				return
-			}
-			continue
 		}
-		bo.Reset()
-		if page.pastRetention(cursor) {
-			if c.closeWith(ClosePastRetention) {
-				h.metrics.drop("past_retention")
+		if !fromMemory {
+			var page catchUpPage
+			var err error
+			page, buf, err = h.readEntitled(ctx, cursor, c, catchUpBatch, buf[:0])
+			if err != nil {
+				if ctx.Err() == nil {
+					h.cfg.Logger.Warn("catch-up read failed; retrying", "err", err, "user", c.userID)
+				}
+				if !bo.Wait(ctx) {
+					return
+				}
+				continue
 			}
-			return
-		}
-		for i := range buf {
-			if !c.waitForRoom(ctx) {
+			bo.Reset()
+			h.metrics.pagesTable.Add(1)
+			if page.pastRetention(cursor) {
+				if c.closeWith(ClosePastRetention) {
+					h.metrics.drop("past_retention")
+				}
 				return
 			}
-			frame := encodeEvent(&buf[i])
-			c.mu.Lock()
-			if err := c.out.Write(frame); err != nil {
-				c.mu.Unlock()
-				c.inflight.Add(-1)
-				return
+			for i := range buf {
+				if !c.writeCaughtUp(ctx, buf[i].Seq, encodeEvent(&buf[i]), buf[i].Topic) {
+					return
+				}
 			}
-			c.cursor = buf[i].Seq
-			c.mu.Unlock()
-			h.metrics.queued(buf[i].Topic, 1)
+			scannedTo = page.scannedTo(cursor, catchUpBatch)
 		}
 		c.mu.Lock()
-		c.cursor = max(c.cursor, page.scannedTo(cursor, catchUpBatch))
+		c.cursor = max(c.cursor, scannedTo)
 		// Rejoin live once every announced event is covered: Dispatch
 		// announces head before delivering, so any event not covered by
 		// cursor reaches us live from now on.
@@ -245,6 +253,23 @@ func (c *client) catchUp(resume bool) {
 		}
 		c.mu.Unlock()
 	}
+}
+
+// writeCaughtUp queues one caught-up frame when the queue has room; false
+// if the client went away or was cut.
+func (c *client) writeCaughtUp(ctx context.Context, seq int64, frame []byte, topic string) bool {
+	if !c.waitForRoom(ctx) {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.out.Write(frame); err != nil {
+		c.inflight.Add(-1)
+		return false
+	}
+	c.cursor = seq
+	c.hub.metrics.queued(topic, 1)
+	return true
 }
 
 // waitForRoom blocks until the melody queue has room for an event. It

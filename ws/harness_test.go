@@ -212,6 +212,18 @@ func (c *wsClient) next(d time.Duration) frame {
 	return frame{}
 }
 
+// nextControl returns the next frame that is not an event.
+func (c *wsClient) nextControl(d time.Duration) frame {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		f := c.next(time.Until(deadline))
+		if f.Seq == 0 {
+			return f
+		}
+	}
+}
+
 func (c *wsClient) readErr() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()

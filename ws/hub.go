@@ -47,13 +47,15 @@ type Hub struct {
 	closing atomic.Bool
 
 	connectLimiter *addrLimiter
+	recent         *recentFrames
 }
 
 // New returns a Hub. auth and pool are required.
 func New(auth *Authenticator, pool *pgxpool.Pool, cfg Config) *Hub {
 	cfg.setDefaults()
 	h := &Hub{cfg: cfg, auth: auth, pool: pool, metrics: newHubMetrics(), routes: newRouting(),
-		connectLimiter: newAddrLimiter(cfg.Limits.ConnectRate, cfg.Limits.ConnectBurst)}
+		connectLimiter: newAddrLimiter(cfg.Limits.ConnectRate, cfg.Limits.ConnectBurst),
+		recent:         newRecentFrames(recentMaxEvents, recentMaxBytes)}
 	m := melody.New()
 	m.Config.MessageBufferSize = cfg.SendBuffer
 	m.Config.MaxMessageSize = cfg.MaxMessageSize
@@ -173,6 +175,7 @@ func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
 		}
 		span := h.startProcessSpan(ctx, e)
 		frame := encodeEvent(e)
+		h.recent.add(recentItem{seq: e.Seq, topic: e.Topic, frame: frame, users: e.Users, roles: e.Roles})
 		h.gen++
 		recipients := 0
 		h.routes.each(e.Users, e.Roles, h.gen, func(c *client) {

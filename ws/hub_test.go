@@ -175,6 +175,10 @@ func TestResumeWithSince(t *testing.T) {
 			t.Fatalf("replayed event %d: n=%d seq=%d; want n=%d in increasing seq after %d", i, d.N, f.Seq, want[i], last)
 		}
 	}
+	// The missed events were still in the hub's recent frames: no table read.
+	if m, tb := e.hub.metrics.pagesMemory.Load(), e.hub.metrics.pagesTable.Load(); m == 0 || tb != 0 {
+		t.Fatalf("catch-up pages: %d from memory, %d from the table; want memory only", m, tb)
+	}
 	// Then live, no gap, no duplicate.
 	e.emit(ev("task_event", 1000, []string{"u1"}, nil))
 	live := cl2.events(1, 5*time.Second)[0]
@@ -656,4 +660,28 @@ func TestShutdownClosesWith1001AndRefuses(t *testing.T) {
 		t.Fatalf("readyz after shutdown %d", resp.StatusCode)
 	}
 	resp.Body.Close()
+}
+
+// A replica started after the events has none of them in memory: a client
+// resuming there is replayed from the table.
+func TestResumeFromTableOnAnotherReplica(t *testing.T) {
+	t.Parallel()
+	first := newEnv(t, envOpts{})
+	var evs []outbox.Event
+	for i := range 300 {
+		evs = append(evs, ev("task_event", i, nil, []string{"LEVEL_1"}))
+	}
+	first.emit(evs...)
+	waitFor(t, 10*time.Second, "the events to be sequenced", func() bool { return first.hub.Head() == 300 })
+	second := newEnv(t, envOpts{db: first.db, noSequencer: true})
+	cl := second.connect("since=0", "u1", "LEVEL_1")
+	fs := cl.events(300, 10*time.Second)
+	for i, f := range fs {
+		if f.Seq != int64(i+1) {
+			t.Fatalf("event %d has seq %d", i, f.Seq)
+		}
+	}
+	if m, tb := second.hub.metrics.pagesMemory.Load(), second.hub.metrics.pagesTable.Load(); m != 0 || tb == 0 {
+		t.Fatalf("catch-up pages: %d from memory, %d from the table; want the table only", m, tb)
+	}
 }

@@ -129,7 +129,7 @@ func TestHostileClientsWhileStreaming(t *testing.T) {
 	garbage := e.connect("", "garbage")
 	for _, f := range []string{"\x00\x01", "{", `{"type":"x"}`, strings.Repeat("[", 100)} {
 		_ = garbage.conn.WriteMessage(websocket.TextMessage, []byte(f))
-		if g := garbage.next(5 * time.Second); g.Type != TypeError {
+		if g := garbage.nextControl(5 * time.Second); g.Type != TypeError {
 			t.Errorf("garbage %q → %+v", f, g)
 		}
 	}

@@ -15,6 +15,8 @@ type hubMetrics struct {
 	sendErrors    atomic.Int64
 	lastBroadcast atomic.Int64 // unix nanoseconds; 0 = never
 	catchUps      atomic.Int64 // live queue full → catch-up from table
+	pagesMemory   atomic.Int64 // catch-up pages served from recent frames
+	pagesTable    atomic.Int64 // catch-up pages read from the table
 	resyncs       atomic.Int64
 
 	mu         sync.Mutex

@@ -55,6 +55,7 @@ func (h *Hub) initTelemetry() {
 	broadcasts, _ := m.Int64ObservableCounter("outboxd.ws.broadcasts", metric.WithDescription("Test broadcasts."))
 	catchUps, _ := m.Int64ObservableCounter("outboxd.ws.catchups", metric.WithDescription("Times a session's live queue filled and it caught up from the table."))
 	resyncs, _ := m.Int64ObservableCounter("outboxd.ws.resyncs", metric.WithDescription("resync_required frames sent."))
+	pages, _ := m.Int64ObservableCounter("outboxd.ws.catchup.pages", metric.WithDescription("Catch-up pages, by source: memory (recent frames) or table."))
 	head, _ := m.Int64ObservableGauge("outboxd.relay.head_seq", metric.WithDescription("Last assigned seq."))
 	dispatched, _ := m.Int64ObservableGauge("outboxd.relay.dispatched_seq", metric.WithDescription("Last seq this replica's hub delivered."))
 	lag, _ := m.Int64ObservableGauge("outboxd.relay.tailer.lag", metric.WithUnit("{event}"), metric.WithDescription("head_seq minus dispatched_seq."))
@@ -83,6 +84,8 @@ func (h *Hub) initTelemetry() {
 		o.ObserveInt64(broadcasts, hm.broadcasts.Load())
 		o.ObserveInt64(catchUps, hm.catchUps.Load())
 		o.ObserveInt64(resyncs, hm.resyncs.Load())
+		o.ObserveInt64(pages, hm.pagesMemory.Load(), metric.WithAttributes(attribute.String("source", "memory")))
+		o.ObserveInt64(pages, hm.pagesTable.Load(), metric.WithAttributes(attribute.String("source", "table")))
 		d, rj, se := h.Counts()
 		for r, n := range d {
 			o.ObserveInt64(drops, n, reason(r))
@@ -105,7 +108,7 @@ func (h *Hub) initTelemetry() {
 			o.ObserveFloat64(oldest, st.Lag)
 		}
 		return nil
-	}, sessions, byRole, users, connects, rejections, sent, sendErrors, drops, broadcasts, catchUps, resyncs,
+	}, sessions, byRole, users, connects, rejections, sent, sendErrors, drops, broadcasts, catchUps, resyncs, pages,
 		head, dispatched, lag, pending, oldest)
 }
 
