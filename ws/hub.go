@@ -63,9 +63,6 @@ func New(auth *Authenticator, pool *pgxpool.Pool, cfg Config) *Hub {
 	m.Config.PongWait = cfg.HeartbeatInterval * 3 / 2
 	m.Config.WriteWait = cfg.WriteTimeout
 	m.Upgrader.CheckOrigin = func(*http.Request) bool { return true } // checked before the upgrade
-	// Idle sessions hold no write buffer: it is taken from the pool per
-	// write and returned after.
-	m.Upgrader.WriteBufferPool = &sync.Pool{}
 	m.HandleConnect(h.onConnect)
 	m.HandleDisconnect(h.onDisconnect)
 	m.HandleMessage(h.onMessage)
