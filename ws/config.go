@@ -32,7 +32,8 @@ type Config struct {
 	// not answer within 1.5 × interval is closed.
 	HeartbeatInterval time.Duration
 	// SendBuffer is each session's live queue, in frames (64). When it
-	// fills, the session catches up from the table instead.
+	// fills, the session catches up instead, from the hub's recent frames
+	// in memory or else from the table.
 	SendBuffer int
 	// MaxMessageSize is the largest client frame, in bytes (4096); larger
 	// ones close the connection with 1009.

@@ -53,7 +53,7 @@ func (h *Hub) initTelemetry() {
 	sendErrors, _ := m.Int64ObservableCounter("outboxd.ws.send.errors", metric.WithDescription("Frames that could not be sent, by reason."))
 	drops, _ := m.Int64ObservableCounter("outboxd.ws.drops", metric.WithDescription("Sessions closed by the server, by reason."))
 	broadcasts, _ := m.Int64ObservableCounter("outboxd.ws.broadcasts", metric.WithDescription("Test broadcasts."))
-	catchUps, _ := m.Int64ObservableCounter("outboxd.ws.catchups", metric.WithDescription("Times a session's live queue filled and it caught up from the table."))
+	catchUps, _ := m.Int64ObservableCounter("outboxd.ws.catchups", metric.WithDescription("Times a session's live queue filled and it caught up from memory or the table."))
 	resyncs, _ := m.Int64ObservableCounter("outboxd.ws.resyncs", metric.WithDescription("resync_required frames sent."))
 	pages, _ := m.Int64ObservableCounter("outboxd.ws.catchup.pages", metric.WithDescription("Catch-up pages, by source: memory (recent frames) or table."))
 	head, _ := m.Int64ObservableGauge("outboxd.relay.head_seq", metric.WithDescription("Last assigned seq."))
