@@ -79,7 +79,7 @@ func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
 	c := &client{
 		hub: h, userID: claims.UserID, roles: claims.Roles, exp: claims.Expires,
 		remote: r.RemoteAddr, since: since, hasSince: hasSince, heapIdx: -1,
-		sent: make(chan struct{}, 1), done: make(chan struct{}), handshake: span,
+		sent: make(chan struct{}, 1), done: make(chan struct{}), upgraded: make(chan struct{}), handshake: span,
 	}
 	if l := h.cfg.Limits; l.MessageRate > 0 {
 		c.msgLimiter = rate.NewLimiter(rate.Limit(l.MessageRate), max(l.MessageBurst, 1))
@@ -88,10 +88,24 @@ func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
 	// it from the URL too.
 	r.URL.RawQuery = ""
 	r.Header.Del("Authorization")
-	if err := h.m.HandleRequestWithKeys(w, r, map[string]any{clientKey: c}); err != nil {
-		h.metrics.reject("upgrade")
-		endWithError(span, "upgrade")
-		h.cfg.Logger.Debug("upgrade failed", "err", err, "remote", r.RemoteAddr)
+	// melody serves the session in the goroutine that calls it, for as long
+	// as the connection lasts. Call it from a fresh goroutine and return
+	// once the connection is hijacked: net/http's goroutine then ends and
+	// frees what it held for the request (its 4 KiB read and write buffers,
+	// the request, its deep stack), about a third of an idle session's
+	// memory (BENCHMARKS.md, scenario 5).
+	failed := make(chan struct{})
+	go func() {
+		if err := h.m.HandleRequestWithKeys(w, r, map[string]any{clientKey: c}); err != nil {
+			h.metrics.reject("upgrade")
+			endWithError(span, "upgrade")
+			h.cfg.Logger.Debug("upgrade failed", "err", err, "remote", c.remote)
+			close(failed)
+		}
+	}()
+	select {
+	case <-c.upgraded:
+	case <-failed:
 	}
 }
 

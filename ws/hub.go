@@ -63,6 +63,13 @@ func New(auth *Authenticator, pool *pgxpool.Pool, cfg Config) *Hub {
 	m.Config.PongWait = cfg.HeartbeatInterval * 3 / 2
 	m.Config.WriteWait = cfg.WriteTimeout
 	m.Upgrader.CheckOrigin = func(*http.Request) bool { return true } // checked before the upgrade
+	// Client frames are small (pings); a larger message is still read
+	// whole, in more reads. Writes take a buffer from a pool for the length
+	// of one message, so an idle session holds none; a frame larger than
+	// the buffer goes out in more than one write.
+	m.Upgrader.ReadBufferSize = clientReadBuffer
+	m.Upgrader.WriteBufferSize = clientWriteBuffer
+	m.Upgrader.WriteBufferPool = &sync.Pool{}
 	m.HandleConnect(h.onConnect)
 	m.HandleDisconnect(h.onDisconnect)
 	m.HandleMessage(h.onMessage)
@@ -192,6 +199,10 @@ var _ relay.Dispatcher = (*Hub)(nil)
 func (h *Hub) onConnect(s *melody.Session) {
 	c := sessionClient(s)
 	c.sess, c.out = s, s
+	// Nothing reads the request after the upgrade: let it go with
+	// net/http's goroutine (handleConnect returns on upgraded).
+	s.Request = nil
+	close(c.upgraded)
 	if tc, ok := s.WebsocketConnection().UnderlyingConn().(*net.TCPConn); ok {
 		_ = tc.SetWriteBuffer(h.cfg.SocketSendBuffer)
 	}
