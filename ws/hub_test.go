@@ -685,3 +685,41 @@ func TestResumeFromTableOnAnotherReplica(t *testing.T) {
 		t.Fatalf("catch-up pages: %d from memory, %d from the table; want the table only", m, tb)
 	}
 }
+
+// A session outlives the HTTP handler that upgraded it (net/http's goroutine
+// and buffers are released), and the small per-connection buffers still
+// carry frames larger than themselves both ways.
+func TestSessionOutlivesHandlerAndBuffers(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{})
+	returned := make(chan struct{}, 1)
+	inner := e.srv.Config.Handler
+	e.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inner.ServeHTTP(w, r)
+		if r.URL.Path == "/ws/connect" {
+			returned <- struct{}{}
+		}
+	})
+	cl := e.connect("", "u1")
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connect handler did not return after the upgrade")
+	}
+	// A client frame 4 × the read buffer is read whole.
+	big := `{"type":"ping","pad":"` + strings.Repeat("x", 4*clientReadBuffer) + `"}`
+	if err := cl.conn.WriteMessage(websocket.TextMessage, []byte(big)); err != nil {
+		t.Fatal(err)
+	}
+	if f := cl.next(5 * time.Second); f.Type != TypePong {
+		t.Fatalf("frame %+v, want pong", f)
+	}
+	// An event 3 × the write buffer arrives as one message, intact.
+	pad := strings.Repeat("y", 3*clientWriteBuffer)
+	e.emit(outbox.Event{Topic: "task_event", Data: map[string]any{"pad": pad}})
+	f := cl.events(1, 5*time.Second)[0]
+	var d struct{ Pad string }
+	if err := json.Unmarshal(f.Data, &d); err != nil || d.Pad != pad {
+		t.Fatalf("large event: %v (len %d)", err, len(d.Pad))
+	}
+}
