@@ -209,6 +209,7 @@ func (h *Hub) onConnect(s *melody.Session) {
 	h.metrics.connects.Add(1)
 	if c.handshake != nil {
 		c.handshake.End()
+		c.handshake = nil // a recording span holds its attributes
 	}
 	h.mu.Lock()
 	if !h.admit(c) {

@@ -296,3 +296,33 @@ func TestLogLinesCarryTraceIDs(t *testing.T) {
 		t.Fatalf("lines:\n%s", buf.String())
 	}
 }
+
+func TestParseFrameTime(t *testing.T) {
+	base := time.Date(2026, 11, 27, 5, 1, 2, 123456000, time.UTC)
+	for i := range 2000 {
+		want := base.Add(time.Duration(i) * 7919 * time.Hour).Add(time.Duration(i*104729) * time.Microsecond).Truncate(time.Microsecond)
+		s := want.Format(timestampLayout)
+		got, ok := parseFrameTime([]byte(s))
+		if !ok || !got.Equal(want) {
+			t.Fatalf("%s: got %s %v", s, got, ok)
+		}
+	}
+	// Not outboxd's UTC form: time.Parse decides.
+	if got, ok := parseFrameTime([]byte("2026-11-27T06:01:02.123456+01:00")); !ok || !got.Equal(base) {
+		t.Fatalf("offset form: %s %v", got, ok)
+	}
+	for _, bad := range []string{"", "2026-13-27T05:01:02.123456Z", "2026-11-27T05:01:02.12345xZ", "2026-11-27 05:01:02.123456Z", "garbage"} {
+		if _, ok := parseFrameTime([]byte(bad)); ok {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func BenchmarkParseFrameTime(b *testing.B) {
+	ts := []byte("2026-11-27T05:01:02.123456Z")
+	for b.Loop() {
+		if _, ok := parseFrameTime(ts); !ok {
+			b.Fatal("not parsed")
+		}
+	}
+}

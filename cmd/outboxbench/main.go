@@ -21,6 +21,7 @@
 //	idle-conns       10,000 idle connections; one broadcast to all      ≤ 20 KB RSS each; last receipt ≤ 50 ms
 //	producer-impact  8 single-row producers, outboxd stopped vs running  ≥ 85 % of the tx/s
 //	idle-cpu         outboxd with nothing to relay                       ≤ 1 % of one core
+//	tcp-floor        scenario 5's broadcast with bare TCP, no outboxd    (reference: this machine's floor)
 package main
 
 import (

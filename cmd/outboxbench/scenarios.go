@@ -22,6 +22,7 @@ var scenarios = map[string]scenarioFunc{
 	"idle-conns":      idleConns,
 	"producer-impact": producerImpact,
 	"idle-cpu":        idleCPU,
+	"tcp-floor":       tcpFloor,
 	"custom":          custom,
 }
 
@@ -38,7 +39,7 @@ func scenarioNames() []string {
 			names = append(names, k)
 		}
 	}
-	order := map[string]int{"backlog": 1, "steady-100": 2, "steady-1000": 3, "max": 4, "idle-conns": 5, "producer-impact": 6, "idle-cpu": 7}
+	order := map[string]int{"backlog": 1, "steady-100": 2, "steady-1000": 3, "max": 4, "idle-conns": 5, "producer-impact": 6, "idle-cpu": 7, "tcp-floor": 8}
 	sort.Slice(names, func(i, j int) bool { return order[names[i]] < order[names[j]] })
 	return names
 }
@@ -265,26 +266,22 @@ func idleConns(ctx context.Context, e *benchEnv) (result, error) {
 	if _, err := pool.Exec(ctx, `SELECT outbox.emit($1, jsonb_build_object('t', $2::bigint))`, benchTopic, at.UnixNano()); err != nil {
 		return r, err
 	}
+	base := arrivals.Load()
+	waitArrivals(base, int64(n), time.Minute)
 	h, _ := head(ctx, pool)
-	for h == 0 {
-		time.Sleep(time.Millisecond)
-		h, _ = head(ctx, pool)
-	}
-	waitDelivered(cs, h, 5*time.Second, time.Minute)
 	r.add("event_broadcast_last_receipt", ms(lastReceipt(cs).Sub(at)), "ms (INSERT → last of all clients)")
 	deliveryStats(&r, cs, h, h)
 
 	// The test broadcast: from the POST to the last notification.
+	base = arrivals.Load()
 	at = time.Now()
 	resp, err := http.Post("http://"+sc.addr+"/ws/_test/broadcast", "application/json", strings.NewReader(`{"title":"bench"}`))
 	if err != nil {
 		return r, err
 	}
 	resp.Body.Close()
-	deadline := time.Now().Add(time.Minute)
-	for time.Now().Before(deadline) && notesReceived(cs) < int64(n) {
-		time.Sleep(time.Millisecond)
-	}
+	waitArrivals(base, int64(n), time.Minute)
+	r.add("notified_clients", float64(notesReceived(cs)), "clients")
 	r.add("test_broadcast_last_receipt", ms(lastReceipt(cs).Sub(at)), "ms (POST → last of all clients)")
 	r.Targets = []target{
 		{Metric: "rss_per_connection", Op: "<=", Value: 20},
