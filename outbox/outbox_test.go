@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -226,20 +227,24 @@ func TestMigrationsUpDownUp(t *testing.T) {
 		return db.Int64(t, `SELECT count(*) FROM pg_namespace WHERE nspname = 'outbox'`) == 1
 	}
 	applied, err := m.Up(ctx)
-	if err != nil || len(applied) != 1 || applied[0] != 1 || !schemaExists() {
+	if err != nil || !slices.Equal(applied, []int64{1, 2}) || !schemaExists() {
 		t.Fatalf("up: %v %v schema=%v", applied, err, schemaExists())
 	}
 	st, err := m.Status(ctx)
-	if err != nil || len(st) != 1 || !st[0].Applied {
+	if err != nil || len(st) != 2 || !st[0].Applied || !st[1].Applied {
 		t.Fatalf("status: %+v %v", st, err)
+	}
+	// Down one version at a time: the wake-up function, then the schema.
+	if v, err := m.Down(ctx); err != nil || v != 2 || !schemaExists() {
+		t.Fatalf("down: %d %v schema=%v", v, err, schemaExists())
 	}
 	if v, err := m.Down(ctx); err != nil || v != 1 || schemaExists() {
 		t.Fatalf("down: %d %v schema=%v", v, err, schemaExists())
 	}
-	if st, _ := m.Status(ctx); st[0].Applied {
+	if st, _ := m.Status(ctx); st[0].Applied || st[1].Applied {
 		t.Fatal("status after down says applied")
 	}
-	if applied, err := m.Up(ctx); err != nil || len(applied) != 1 || !schemaExists() {
+	if applied, err := m.Up(ctx); err != nil || len(applied) != 2 || !schemaExists() {
 		t.Fatalf("up again: %v %v", applied, err)
 	}
 	if applied, err := m.Up(ctx); err != nil || len(applied) != 0 {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/grupogad/outboxd/internal/backoff"
 	"log/slog"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/grupogad/outboxd/internal/backoff"
 	"github.com/grupogad/outboxd/internal/startstop"
 )
 
@@ -90,12 +90,39 @@ type Sequencer struct {
 
 	// testHookAfterBatch runs between the batch statement and COMMIT.
 	testHookAfterBatch func()
+
+	wake chan struct{} // Wake: cut an idle sleep short
+}
+
+// Wake makes an idle sequencer run a batch now instead of at its next
+// poll (RELAY_WAKEUP=notify: the tailer's listener calls it on
+// PendingChannel). While events flow it changes nothing: the sequencer
+// then polls every MinPollInterval, so that batches stay batches.
+func (s *Sequencer) Wake() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// sleepIdle sleeps for d or until Wake; false if ctx ended.
+func (s *Sequencer) sleepIdle(ctx context.Context, d time.Duration) (woken, ok bool) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false, false
+	case <-s.wake:
+		return true, true
+	case <-t.C:
+		return false, true
+	}
 }
 
 // NewSequencer returns a Sequencer working through pool.
 func NewSequencer(pool *pgxpool.Pool, cfg SequencerConfig) *Sequencer {
 	cfg.setDefaults()
-	s := &Sequencer{pool: pool, cfg: cfg, tracer: cfg.TracerProvider.Tracer(scope)}
+	s := &Sequencer{pool: pool, cfg: cfg, tracer: cfg.TracerProvider.Tracer(scope), wake: make(chan struct{}, 1)}
 	m := cfg.MeterProvider.Meter(scope)
 	// Instrument creation only fails on invalid names, which these are not.
 	s.batchSize, _ = m.Int64Histogram("outboxd.relay.batch.size", metric.WithUnit("{event}"),
@@ -219,10 +246,20 @@ func (s *Sequencer) run(ctx context.Context) {
 			}
 			continue
 		}
-		// Idle: probe cheaply with a growing sleep until something is pending.
+		// Idle: probe cheaply with a growing sleep until something is
+		// pending or a producer's trigger wakes us. A wake from before this
+		// batch is stale: drop it, this batch saw its rows.
+		select {
+		case <-s.wake:
+		default:
+		}
 		for {
-			if !backoff.Sleep(ctx, idle) {
+			woken, ok := s.sleepIdle(ctx, idle)
+			if !ok {
 				return
+			}
+			if woken {
+				break
 			}
 			idle = min(idle*2, s.cfg.PollInterval)
 			pending, err := s.hasPending(ctx)

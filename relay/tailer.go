@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"fmt"
-	"github.com/grupogad/outboxd/internal/backoff"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/grupogad/outboxd/internal/backoff"
 	"github.com/grupogad/outboxd/internal/startstop"
 )
 
@@ -33,7 +33,11 @@ type TailerConfig struct {
 	// not replay history into the hub: clients that need it resume from the
 	// table with since=.
 	StartAfter *int64
-	Logger     *slog.Logger
+	// OnPending, if set, is called on every notification on PendingChannel
+	// (RELAY_WAKEUP=notify): the listener connection LISTENs on it too, so
+	// the wake-up costs no extra connection.
+	OnPending func()
+	Logger    *slog.Logger
 }
 
 func (c *TailerConfig) setDefaults() {
@@ -123,7 +127,11 @@ func (t *Tailer) listenOnce(ctx context.Context, bo *backoff.Backoff) error {
 	conn := pc.Hijack()
 	defer conn.Close(context.Background())
 	lctx, cancel := context.WithTimeout(ctx, t.cfg.QueryTimeout)
-	_, err = conn.Exec(lctx, "LISTEN "+NotifyChannel)
+	listen := "LISTEN " + NotifyChannel
+	if t.cfg.OnPending != nil {
+		listen += "; LISTEN " + PendingChannel
+	}
+	_, err = conn.Exec(lctx, listen)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("LISTEN: %w", err)
@@ -134,6 +142,10 @@ func (t *Tailer) listenOnce(ctx context.Context, bo *backoff.Backoff) error {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
 			return err
+		}
+		if n.Channel == PendingChannel {
+			t.cfg.OnPending()
+			continue
 		}
 		var seq int64
 		if _, err := fmt.Sscan(n.Payload, &seq); err == nil && seq > t.head.Load() {

@@ -13,6 +13,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"github.com/grupogad/outboxd/observability"
+	"github.com/grupogad/outboxd/relay"
 )
 
 // DevSecretKey signs tokens when ENVIRONMENT is not production and neither
@@ -50,6 +51,9 @@ type Config struct {
 	RelayBatchSize int `env:"RELAY_BATCH_SIZE" envDefault:"5000"`
 	// RelayPollInterval is the longest idle sleep of the sequencer.
 	RelayPollInterval time.Duration `env:"RELAY_POLL_INTERVAL" envDefault:"100ms"`
+	// RelayWakeup is how an idle sequencer learns of new rows: poll, or
+	// notify (a producer trigger; for low-rate apps).
+	RelayWakeup string `env:"RELAY_WAKEUP" envDefault:"poll"`
 	// OutboxRetention is how long sequenced rows are kept for resume.
 	OutboxRetention time.Duration `env:"OUTBOX_RETENTION" envDefault:"24h"`
 	// ReplayMax is the most events a client may replay or lag behind.
@@ -181,6 +185,9 @@ func (c *Config) validate() []string {
 	}
 	if c.RelayPollInterval < time.Millisecond || c.RelayPollInterval > time.Minute {
 		p = append(p, fmt.Sprintf("RELAY_POLL_INTERVAL: %s; want 1ms to 1m", c.RelayPollInterval))
+	}
+	if c.RelayWakeup != relay.WakeupPoll && c.RelayWakeup != relay.WakeupNotify {
+		p = append(p, fmt.Sprintf("RELAY_WAKEUP: %q; want poll or notify", c.RelayWakeup))
 	}
 	if c.OutboxRetention < time.Minute {
 		p = append(p, fmt.Sprintf("OUTBOX_RETENTION: %s; want at least 1m", c.OutboxRetention))

@@ -261,10 +261,15 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return err
 	}
 	head := hub.Head()
-	tail = relay.NewTailer(pool, hub, relay.TailerConfig{StartAfter: &head, Logger: logger})
+	if changed, err := relay.SetWakeup(ctx, pool, cfg.RelayWakeup); err != nil {
+		return err
+	} else if changed {
+		logger.Info("sequencer wake-up mode set", "mode", cfg.RelayWakeup)
+	}
 	seq = relay.NewSequencer(pool, relay.SequencerConfig{
 		BatchSize: cfg.RelayBatchSize, PollInterval: cfg.RelayPollInterval, Logger: logger,
 	})
+	tail = relay.NewTailer(pool, hub, relay.TailerConfig{StartAfter: &head, Logger: logger, OnPending: seq.Wake})
 	ret := relay.NewRetention(pool, relay.RetentionConfig{Window: cfg.OutboxRetention, Logger: logger})
 	services := []service{tail, seq, ret}
 	for _, s := range services {

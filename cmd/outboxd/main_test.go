@@ -49,7 +49,7 @@ func TestConfigNamesEveryBadVariable(t *testing.T) {
 	_, err := LoadConfig(map[string]string{
 		"DATABASE_URL": "mysql://x", "LISTEN_ADDR": "8002", "ENVIRONMENT": "prod",
 		"JWT_REQUIRE_EXP": "maybe", "HEARTBEAT_INTERVAL": "soon", "WS_SEND_BUFFER": "2",
-		"WS_MAX_MESSAGE_SIZE": "-5", "RELAY_BATCH_SIZE": "0", "RELAY_POLL_INTERVAL": "1h",
+		"WS_MAX_MESSAGE_SIZE": "-5", "RELAY_BATCH_SIZE": "0", "RELAY_POLL_INTERVAL": "1h", "RELAY_WAKEUP": "push",
 		"OUTBOX_RETENTION": "1s", "REPLAY_MAX": "x", "AUTO_MIGRATE": "si", "LOG_LEVEL": "loud",
 		"LOG_FORMAT": "xml", "SECRET_KEY": "short", "JWKS_URL": "ftp://keys", "ALLOWED_ORIGINS": "not-an-origin",
 		"MAX_CONNECTIONS": "-1", "CONNECT_RATE": "NaN", "CLIENT_MESSAGE_BURST": "many",
@@ -58,7 +58,7 @@ func TestConfigNamesEveryBadVariable(t *testing.T) {
 		t.Fatal("bad configuration accepted")
 	}
 	for _, v := range []string{"DATABASE_URL", "LISTEN_ADDR", "ENVIRONMENT", "JWT_REQUIRE_EXP", "HEARTBEAT_INTERVAL",
-		"WS_SEND_BUFFER", "WS_MAX_MESSAGE_SIZE", "RELAY_BATCH_SIZE", "RELAY_POLL_INTERVAL", "OUTBOX_RETENTION",
+		"WS_SEND_BUFFER", "WS_MAX_MESSAGE_SIZE", "RELAY_BATCH_SIZE", "RELAY_POLL_INTERVAL", "RELAY_WAKEUP", "OUTBOX_RETENTION",
 		"REPLAY_MAX", "AUTO_MIGRATE", "LOG_LEVEL", "LOG_FORMAT", "SECRET_KEY", "JWKS_URL", "ALLOWED_ORIGINS",
 		"MAX_CONNECTIONS", "CONNECT_RATE", "CLIENT_MESSAGE_BURST"} {
 		if !strings.Contains(err.Error(), v) {
@@ -173,16 +173,16 @@ func TestMigrateSubcommand(t *testing.T) {
 	if out := run("status"); !strings.Contains(out, "00001  pending") {
 		t.Fatalf("status: %s", out)
 	}
-	if out := run("up"); !strings.Contains(out, "applied 1 migration(s) [1]") {
+	if out := run("up"); !strings.Contains(out, "applied 2 migration(s) [1 2]") {
 		t.Fatalf("up: %s", out)
 	}
-	if out := run("status"); !strings.Contains(out, "00001  applied") {
+	if out := run("status"); !strings.Contains(out, "00001  applied") || !strings.Contains(out, "00002  applied") {
 		t.Fatalf("status: %s", out)
 	}
-	if out := run("down"); !strings.Contains(out, "rolled back version 1") {
+	if out := run("down"); !strings.Contains(out, "rolled back version 2") {
 		t.Fatalf("down: %s", out)
 	}
-	if out := run(); !strings.Contains(out, "applied 1") {
+	if out := run(); !strings.Contains(out, "applied 1 migration(s) [2]") {
 		t.Fatalf("up (default): %s", out)
 	}
 	var n int64
