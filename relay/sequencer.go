@@ -24,6 +24,8 @@ const (
 	BatchSizeDefault       = 5000
 	PollIntervalDefault    = 100 * time.Millisecond
 	MinPollIntervalDefault = 2 * time.Millisecond
+	LingerDefault          = time.Second
+	LingerPollDefault      = 10 * time.Millisecond
 	QueryTimeoutDefault    = 10 * time.Second
 )
 
@@ -43,6 +45,14 @@ type SequencerConfig struct {
 	// MinPollInterval is the sleep after a partial batch (2 ms): long enough
 	// to let a few more rows gather, short enough for latency.
 	MinPollInterval time.Duration
+	// Linger (1 s) is how long after its last rows the sequencer keeps
+	// its idle sleep at most LingerPoll (10 ms) before backing off to
+	// PollInterval: an app emitting a few events a second gets them
+	// sequenced within ~10 ms instead of ~PollInterval, for a cheap probe
+	// every 10 ms while it is active. A quiet system still costs only the
+	// PollInterval probe.
+	Linger     time.Duration
+	LingerPoll time.Duration
 	// QueryTimeout bounds every statement and the batch transaction (10 s).
 	QueryTimeout time.Duration
 	// TracerProvider and MeterProvider default to the OTel globals.
@@ -64,6 +74,13 @@ func (c *SequencerConfig) setDefaults() {
 	if c.QueryTimeout <= 0 {
 		c.QueryTimeout = QueryTimeoutDefault
 	}
+	if c.Linger <= 0 {
+		c.Linger = LingerDefault
+	}
+	if c.LingerPoll <= 0 {
+		c.LingerPoll = LingerPollDefault
+	}
+	c.LingerPoll = min(max(c.LingerPoll, c.MinPollInterval), c.PollInterval)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -216,6 +233,7 @@ func (s *Sequencer) Start(ctx context.Context) error { return s.StartFunc(ctx, s
 func (s *Sequencer) run(ctx context.Context) {
 	var bo backoff.Backoff
 	idle := s.cfg.MinPollInterval
+	var lastRows time.Time
 	for ctx.Err() == nil {
 		// The batch runs on a context that Stop does not cancel, so a stop
 		// finishes the in-flight batch instead of aborting it.
@@ -237,6 +255,7 @@ func (s *Sequencer) run(ctx context.Context) {
 		}
 		bo.Reset()
 		if n > 0 {
+			lastRows = time.Now()
 			idle = s.cfg.MinPollInterval
 			if n >= s.cfg.BatchSize {
 				continue
@@ -261,7 +280,11 @@ func (s *Sequencer) run(ctx context.Context) {
 			if woken {
 				break
 			}
-			idle = min(idle*2, s.cfg.PollInterval)
+			ceiling := s.cfg.PollInterval
+			if time.Since(lastRows) < s.cfg.Linger {
+				ceiling = s.cfg.LingerPoll
+			}
+			idle = min(idle*2, ceiling)
 			pending, err := s.hasPending(ctx)
 			if err != nil || pending {
 				break

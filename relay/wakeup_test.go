@@ -94,3 +94,30 @@ func TestWakeupNotifySequencesAtOnce(t *testing.T) {
 		})
 	}
 }
+
+// Within Linger of its last rows the sequencer's idle sleep stays at
+// LingerPoll: a row emitted 3 s after the previous one is sequenced within
+// half a second, where a plain doubling backoff would be in a ~2 s sleep.
+func TestLingerKeepsPollingShortWhileActive(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	ctx := context.Background()
+	col := newCollector()
+	startRelay(t, db.Pool, col, SequencerConfig{PollInterval: time.Minute, Linger: 10 * time.Second, LingerPoll: 10 * time.Millisecond})
+	if err := emitTx(ctx, db.Pool, producerPayload{0, 0}, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	col.waitFor(t, 10*time.Second, "the first event", func(e []Event) bool { return len(e) == 1 })
+	time.Sleep(3 * time.Second)
+	if err := emitTx(ctx, db.Pool, producerPayload{0, 1}, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	col.waitFor(t, 10*time.Second, "the second event", func(e []Event) bool { return len(e) == 2 })
+	var wait time.Duration
+	if err := db.Pool.QueryRow(ctx, `SELECT delivered_at - created_at FROM outbox.events WHERE seq = 2`).Scan(&wait); err != nil {
+		t.Fatal(err)
+	}
+	if wait > 500*time.Millisecond {
+		t.Fatalf("second event waited %s for the sequencer, want the linger poll (10 ms)", wait)
+	}
+}
