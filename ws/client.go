@@ -193,11 +193,21 @@ func (c *client) catchUp(resume bool) {
 		return
 	}
 	var bo backoff.Backoff
-	buf := make([]relay.Event, 0, catchUpBatch)
+	var buf []relay.Event // allocated on the first table read only
 	var memBuf []recentItem
+	wait := time.NewTimer(time.Hour)
+	defer wait.Stop()
 	for !c.closed() {
 		c.mu.Lock()
 		cursor := c.cursor
+		// Rejoin live once every announced event is covered: Dispatch
+		// announces head before delivering, so any event not covered by
+		// cursor reaches us live from now on.
+		if cursor >= h.head.Load() && c.state == stateCatchUp {
+			c.state = stateLive
+			c.mu.Unlock()
+			return
+		}
 		c.mu.Unlock()
 		if c.tooFarBehind(cursor) {
 			return
@@ -210,7 +220,7 @@ func (c *client) catchUp(resume bool) {
 			memBuf, scannedTo, fromMemory = mem, to, true
 			h.metrics.pagesMemory.Add(1)
 			for i := range memBuf {
-				if !c.writeCaughtUp(ctx, memBuf[i].seq, memBuf[i].frame, memBuf[i].topic) {
+				if !c.writeCaughtUp(ctx, wait, memBuf[i].seq, memBuf[i].frame, memBuf[i].topic) {
 					return
 				}
 			}
@@ -218,6 +228,9 @@ func (c *client) catchUp(resume bool) {
 		if !fromMemory {
 			var page catchUpPage
 			var err error
+			if buf == nil {
+				buf = make([]relay.Event, 0, catchUpBatch)
+			}
 			page, buf, err = h.readEntitled(ctx, cursor, c, catchUpBatch, buf[:0])
 			if err != nil {
 				if ctx.Err() == nil {
@@ -237,7 +250,7 @@ func (c *client) catchUp(resume bool) {
 				return
 			}
 			for i := range buf {
-				if !c.writeCaughtUp(ctx, buf[i].Seq, encodeEvent(&buf[i]), buf[i].Topic) {
+				if !c.writeCaughtUp(ctx, wait, buf[i].Seq, encodeEvent(&buf[i]), buf[i].Topic) {
 					return
 				}
 			}
@@ -245,22 +258,14 @@ func (c *client) catchUp(resume bool) {
 		}
 		c.mu.Lock()
 		c.cursor = max(c.cursor, scannedTo)
-		// Rejoin live once every announced event is covered: Dispatch
-		// announces head before delivering, so any event not covered by
-		// cursor reaches us live from now on.
-		if c.cursor >= h.head.Load() && c.state == stateCatchUp {
-			c.state = stateLive
-			c.mu.Unlock()
-			return
-		}
 		c.mu.Unlock()
 	}
 }
 
 // writeCaughtUp queues one caught-up frame when the queue has room; false
 // if the client went away or was cut.
-func (c *client) writeCaughtUp(ctx context.Context, seq int64, frame []byte, topic string) bool {
-	if !c.waitForRoom(ctx) {
+func (c *client) writeCaughtUp(ctx context.Context, wait *time.Timer, seq int64, frame []byte, topic string) bool {
+	if !c.waitForRoom(ctx, wait) {
 		return false
 	}
 	c.mu.Lock()
@@ -277,14 +282,15 @@ func (c *client) writeCaughtUp(ctx context.Context, seq int64, frame []byte, top
 // waitForRoom blocks until the melody queue has room for an event. It
 // gives up, closing with 4008, if the client falls more than ReplayMax
 // behind meanwhile (a client that stopped reading).
-func (c *client) waitForRoom(ctx context.Context) bool {
+func (c *client) waitForRoom(ctx context.Context, wait *time.Timer) bool {
 	limit := int32(c.hub.cfg.SendBuffer - controlReserve)
 	for !c.reserve(limit) {
+		wait.Reset(100 * time.Millisecond)
 		select {
 		case <-ctx.Done():
 			return false
 		case <-c.sent:
-		case <-time.After(100 * time.Millisecond):
+		case <-wait.C:
 			c.mu.Lock()
 			cursor := c.cursor
 			c.mu.Unlock()

@@ -167,19 +167,29 @@ func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
 	if len(events) == 0 {
 		return nil
 	}
-	if last := events[len(events)-1].Seq; last > h.head.Load() {
-		h.head.Store(last) // announce first: see Hub.head
-	}
 	h.mu.RLock()
 	defer h.mu.RUnlock()
+	// Encode the new events and keep them in the recent frames, then
+	// announce the head (see Hub.head), then deliver: a session that falls
+	// behind during the delivery finds every announced event in memory and
+	// does not go to the table for it.
+	frames := make([][]byte, len(events))
+	for i := range events {
+		if e := &events[i]; e.Seq > h.dispatched {
+			frames[i] = encodeEvent(e)
+			h.recent.add(recentItem{seq: e.Seq, topic: e.Topic, frame: frames[i], users: e.Users, roles: e.Roles})
+		}
+	}
+	if last := events[len(events)-1].Seq; last > h.head.Load() {
+		h.head.Store(last)
+	}
 	for i := range events {
 		e := &events[i]
 		if e.Seq <= h.dispatched {
 			continue
 		}
 		span := h.startProcessSpan(ctx, e)
-		frame := encodeEvent(e)
-		h.recent.add(recentItem{seq: e.Seq, topic: e.Topic, frame: frame, users: e.Users, roles: e.Roles})
+		frame := frames[i]
 		h.gen++
 		recipients := 0
 		h.routes.each(e.Users, e.Roles, h.gen, func(c *client) {
