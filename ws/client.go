@@ -59,7 +59,8 @@ type client struct {
 
 	// handshake is the connect span, ended once the upgrade is done.
 	handshake trace.Span
-	// upgraded is closed once the connection is hijacked (onConnect).
+	// upgraded is closed once the connection is hijacked (onConnect) or
+	// the upgrade failed.
 	upgraded chan struct{}
 
 	// mark is Dispatch's visit stamp (routing.each); only Dispatch touches it.

@@ -12,7 +12,7 @@ import (
 // Defaults for Config.
 const (
 	HeartbeatIntervalDefault = 30 * time.Second
-	SendBufferDefault        = 32
+	SendBufferDefault        = 16
 	MaxMessageSizeDefault    = 4096
 	ReplayMaxDefault         = 100000
 	LagWindowDefault         = 10 * time.Second
@@ -31,7 +31,7 @@ type Config struct {
 	// HeartbeatInterval between WebSocket pings (30 s); a client that does
 	// not answer within 1.5 × interval is closed.
 	HeartbeatInterval time.Duration
-	// SendBuffer is each session's live queue, in frames (32). When it
+	// SendBuffer is each session's live queue, in frames (16). When it
 	// fills, the session catches up instead, from the hub's recent frames
 	// in memory or else from the table.
 	SendBuffer int

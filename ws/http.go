@@ -94,19 +94,15 @@ func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
 	// frees what it held for the request (its 4 KiB read and write buffers,
 	// the request, its deep stack), about a third of an idle session's
 	// memory (BENCHMARKS.md, scenario 5).
-	failed := make(chan struct{})
 	go func() {
 		if err := h.m.HandleRequestWithKeys(w, r, map[string]any{clientKey: c}); err != nil {
 			h.metrics.reject("upgrade")
 			endWithError(span, "upgrade")
 			h.cfg.Logger.Debug("upgrade failed", "err", err, "remote", c.remote)
-			close(failed)
+			close(c.upgraded) // onConnect never ran: the handler may return
 		}
 	}()
-	select {
-	case <-c.upgraded:
-	case <-failed:
-	}
+	<-c.upgraded
 }
 
 // Stats is /ws/stats's "stats" object: the seed's fields, plus relay.

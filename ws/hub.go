@@ -67,6 +67,12 @@ func New(auth *Authenticator, pool *pgxpool.Pool, cfg Config) *Hub {
 	// whole, in more reads. Writes take a buffer from a pool for the length
 	// of one message, so an idle session holds none; a frame larger than
 	// the buffer goes out in more than one write.
+	// A request that passed the checks but is no WebSocket handshake gets
+	// the same JSON error shape as every other refusal.
+	m.Upgrader.Error = func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+		w.Header().Set("Sec-Websocket-Version", "13")
+		writeJSON(w, status, httpError{"upgrade_failed", reason.Error()})
+	}
 	m.Upgrader.ReadBufferSize = clientReadBuffer
 	m.Upgrader.WriteBufferSize = clientWriteBuffer
 	m.Upgrader.WriteBufferPool = &sync.Pool{}

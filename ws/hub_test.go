@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"reflect"
@@ -722,4 +723,28 @@ func TestSessionOutlivesHandlerAndBuffers(t *testing.T) {
 	if err := json.Unmarshal(f.Data, &d); err != nil || d.Pad != pad {
 		t.Fatalf("large event: %v (len %d)", err, len(d.Pad))
 	}
+}
+
+// A request with a valid token that is not a WebSocket handshake fails in
+// the upgrade: a clear 400, counted, and the handler returns.
+func TestUpgradeFailureAnswersAndReturns(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{})
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(e.srv.URL + "/ws/connect?token=" + url.QueryEscape(e.token("u1")))
+	if err != nil {
+		t.Fatalf("plain GET with a valid token: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var he httpError
+	if resp.StatusCode != http.StatusBadRequest || json.Unmarshal(body, &he) != nil || he.Error != "upgrade_failed" ||
+		!strings.Contains(strings.ToLower(he.Detail), "websocket") {
+		t.Fatalf("status %d body %q, want 400 naming the missing WebSocket handshake", resp.StatusCode, body)
+	}
+	if _, rejections, _ := e.hub.Counts(); rejections["upgrade"] != 1 {
+		t.Fatalf("rejections %v, want one upgrade", rejections)
+	}
+	// The service keeps serving.
+	e.connect("", "u2")
 }

@@ -44,7 +44,7 @@ type Config struct {
 	// HeartbeatInterval between WebSocket pings.
 	HeartbeatInterval time.Duration `env:"HEARTBEAT_INTERVAL" envDefault:"30s"`
 	// WSSendBuffer is each session's live queue, in frames.
-	WSSendBuffer int `env:"WS_SEND_BUFFER" envDefault:"32"`
+	WSSendBuffer int `env:"WS_SEND_BUFFER" envDefault:"16"`
 	// WSMaxMessageSize is the largest client frame, in bytes.
 	WSMaxMessageSize int64 `env:"WS_MAX_MESSAGE_SIZE" envDefault:"4096"`
 	// RelayBatchSize is the most rows sequenced in one transaction.
