@@ -53,7 +53,8 @@ type Config struct {
 	SocketSendBuffer int
 	// Limits against abuse; zero values disable each limit.
 	Limits Limits
-	// TracerProvider and MeterProvider default to the OTel globals.
+	// TracerProvider and MeterProvider default to the OTel globals. Under a
+	// noop.TracerProvider the hub builds no per-event spans.
 	TracerProvider trace.TracerProvider
 	MeterProvider  metric.MeterProvider
 	// Ready reports whether the relay is running, for /readyz.

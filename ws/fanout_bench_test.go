@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/grupogad/outboxd/relay"
+	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // sink stands in for a melody session's queue: the frame is taken off the
@@ -19,7 +20,7 @@ type sink struct{ c *client }
 func (s sink) Write([]byte) error { s.c.inflight.Add(-1); return nil }
 
 func benchHub(b *testing.B, sessions int) *Hub {
-	h := New(nil, nil, Config{})
+	h := New(nil, nil, Config{TracerProvider: noop.NewTracerProvider()}) // as outboxd runs without an OTLP endpoint
 	for i := range sessions {
 		c := &client{hub: h, userID: fmt.Sprintf("u%d", i), roles: []string{fmt.Sprintf("role%d", i%10)},
 			heapIdx: -1, sent: make(chan struct{}, 1), done: make(chan struct{})}

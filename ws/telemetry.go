@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/grupogad/outboxd/observability"
 	"github.com/grupogad/outboxd/relay"
@@ -23,7 +24,11 @@ const scope = "github.com/grupogad/outboxd/ws"
 const messagingSystem = "outboxd"
 
 type telemetry struct {
-	tracer  trace.Tracer
+	tracer trace.Tracer
+	// spans is false under a no-op TracerProvider (tracing not exported):
+	// the per-event process span is then not built at all (it cost 8 of
+	// Dispatch's 10 allocations per event).
+	spans   bool
 	latency metric.Float64Histogram
 }
 
@@ -38,6 +43,8 @@ func (h *Hub) initTelemetry() {
 		mp = otel.GetMeterProvider()
 	}
 	h.tel.tracer = tp.Tracer(scope)
+	_, noSpans := tp.(noop.TracerProvider)
+	h.tel.spans = !noSpans
 	m := mp.Meter(scope)
 	// Instrument creation fails only for invalid names; these are valid.
 	h.tel.latency, _ = m.Float64Histogram(observability.LatencyMetric, metric.WithUnit("s"),
@@ -115,6 +122,9 @@ func (h *Hub) initTelemetry() {
 // startProcessSpan starts the consumer span of one relayed event, linked to
 // the producer's trace when the row carries one.
 func (h *Hub) startProcessSpan(ctx context.Context, e *relay.Event) trace.Span {
+	if !h.tel.spans {
+		return noSpan
+	}
 	opts := []trace.SpanStartOption{
 		trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(
@@ -132,6 +142,9 @@ func (h *Hub) startProcessSpan(ctx context.Context, e *relay.Event) trace.Span {
 	_, span := h.tel.tracer.Start(ctx, "process "+e.Topic, opts...)
 	return span
 }
+
+// noSpan is what startProcessSpan returns when tracing is off.
+var noSpan = trace.SpanFromContext(context.Background())
 
 func endProcessSpan(span trace.Span, recipients int) {
 	span.SetAttributes(attribute.Int("outboxd.recipients", recipients))

@@ -142,7 +142,7 @@ func maxRate(ctx context.Context, e *benchEnv) (result, error) {
 	var r result
 	best := 0.0
 	var bestRun result
-	for _, rate := range []float64{10000, 15000, 20000, 25000, 30000} {
+	for _, rate := range []float64{2500, 5000, 7500, 10000, 15000, 20000, 25000, 30000} {
 		spec := loadSpec{producers: 8, rate: rate, batch: 10, duration: e.d(10 * time.Second), padBytes: 64}
 		step, err := load(ctx, e, 10, spec)
 		if err != nil {
@@ -150,7 +150,7 @@ func maxRate(ctx context.Context, e *benchEnv) (result, error) {
 		}
 		p99, lost := metricValue(step, "latency_p99"), metricValue(step, "lost")
 		sustained := metricValue(step, "events_per_s") >= 0.97*rate
-		r.add(fmt.Sprintf("p99_at_%dk", int(rate/1000)), p99, "ms")
+		r.add(fmt.Sprintf("p99_at_%g", rate), p99, "ms")
 		if p99 > 100 || lost > 0 || !sustained {
 			break
 		}

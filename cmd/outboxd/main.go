@@ -245,6 +245,7 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		Production: cfg.Production(), AllowedOrigins: cfg.AllowedOrigins,
 		HeartbeatInterval: cfg.HeartbeatInterval, SendBuffer: cfg.WSSendBuffer,
 		MaxMessageSize: cfg.WSMaxMessageSize, ReplayMax: cfg.ReplayMax, Logger: logger,
+		TracerProvider: tel.TracerProvider,
 		Limits: ws.Limits{
 			MaxConnections: cfg.MaxConnections, MaxConnectionsPerUser: cfg.MaxConnectionsPerUser,
 			ConnectRate: cfg.ConnectRate, ConnectBurst: cfg.ConnectBurst,
