@@ -289,7 +289,7 @@ func TestBadSince(t *testing.T) {
 }
 
 // 20,000 events committed in one transaction reach a reading client whole
-// and in order, without a disconnect, although its queue holds 64.
+// and in order, without a disconnect, although its queue holds 16.
 func TestBurstInOneTransaction(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOpts{})
@@ -747,4 +747,34 @@ func TestUpgradeFailureAnswersAndReturns(t *testing.T) {
 	}
 	// The service keeps serving.
 	e.connect("", "u2")
+}
+
+// A burst that overflows a session's queue while the hub still keeps every
+// event of it in memory is caught up from memory alone: the hub keeps a
+// batch's frames before announcing its head, so a session that falls behind
+// mid-delivery never finds an announced event missing and goes to the table.
+func TestCatchUpWithinRecentFramesNeverReadsTable(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{})
+	clients := []*wsClient{e.connect("", "u1"), e.connect("", "u2")}
+	const n = 3000 // three tailer pages, well inside the recent frames
+	evs := make([]outbox.Event, n)
+	for i := range evs {
+		evs[i] = ev("task_event", i, nil, nil)
+	}
+	e.emit(evs...)
+	for _, cl := range clients {
+		for i, f := range cl.events(n, 60*time.Second) {
+			if f.Seq != int64(i+1) {
+				t.Fatalf("event %d has seq %d", i, f.Seq)
+			}
+		}
+	}
+	m := e.hub.metrics
+	if m.catchUps.Load() == 0 {
+		t.Fatal("the burst never overflowed a live queue: the test does not exercise catch-up")
+	}
+	if table := m.pagesTable.Load(); table != 0 {
+		t.Fatalf("catch-up read the table %d times (memory %d) for events the hub held", table, m.pagesMemory.Load())
+	}
 }
