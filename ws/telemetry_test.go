@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/grupogad/outboxd/internal/proctest"
 	"github.com/grupogad/outboxd/observability"
 	"github.com/grupogad/outboxd/outbox"
 	"github.com/grupogad/outboxd/relay"
@@ -224,27 +224,9 @@ func TestPrometheusMetricsExact(t *testing.T) {
 	}
 }
 
-// syncWriter collects log output from several goroutines.
-type syncWriter struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
 func TestTokensNeverLogged(t *testing.T) {
 	t.Parallel()
-	var logs syncWriter
+	var logs proctest.SyncBuffer
 	logger := observability.NewLogger(&logs, slog.LevelDebug, "json")
 	e := newEnv(t, envOpts{cfg: Config{Logger: logger}})
 	good := e.token("u1", "LEVEL_1")
