@@ -309,6 +309,12 @@ func (e *env) connections() int {
 	return len(e.hub.routes.all)
 }
 
+func (e *env) userConnections(user string) int {
+	e.hub.mu.RLock()
+	defer e.hub.mu.RUnlock()
+	return len(e.hub.routes.byUser[user])
+}
+
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)

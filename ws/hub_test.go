@@ -423,7 +423,9 @@ func (c *wsClient) drainInto(t *testing.T, max int) {
 
 func TestHeartbeatTimeoutAndTokenExpiry(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOpts{cfg: Config{HeartbeatInterval: time.Second}})
+	// 2 s: a pong is due within half an interval of each ping (pong wait
+	// 1.5 × interval), which must hold on a loaded CI machine too.
+	e := newEnv(t, envOpts{cfg: Config{HeartbeatInterval: 2 * time.Second}})
 	healthy := e.connect("", "healthy")
 	// A half-open client: connected, never reads, so never answers pings.
 	_, _, err := e.dial("token="+e.token("mute"), dialOpts{noReader: true})
@@ -445,9 +447,12 @@ func TestHeartbeatTimeoutAndTokenExpiry(t *testing.T) {
 	if code != 4001 {
 		t.Fatalf("expiring token closed with %d (%v), want 4001", code, err)
 	}
-	waitFor(t, 10*time.Second, "the mute client to be dropped", func() bool { return e.connections() == 1 })
-	// The healthy client, answering pings, is still there after 3 intervals.
-	time.Sleep(3 * time.Second)
+	waitFor(t, 10*time.Second, "the mute client to be dropped", func() bool { return e.userConnections("mute") == 0 })
+	if n := e.userConnections("healthy"); n != 1 {
+		t.Fatalf("healthy client: %d connections, want 1", n)
+	}
+	// The healthy client, answering pings, is still there 3 pings later.
+	time.Sleep(6 * time.Second)
 	if e.connections() != 1 {
 		t.Fatalf("%d connections, want only the healthy one", e.connections())
 	}
