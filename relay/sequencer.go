@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -109,6 +110,32 @@ type Sequencer struct {
 	testHookAfterBatch func()
 
 	wake chan struct{} // Wake: cut an idle sleep short
+
+	failMu    sync.Mutex
+	failSince time.Time // start of the current run of failed batches
+	failErr   error     // the latest failure of that run
+}
+
+// FailingSince returns when the current run of failed batches started and
+// the latest error, or a nil error when the last batch succeeded (finding
+// the lock held by another replica counts as success).
+func (s *Sequencer) FailingSince() (time.Time, error) {
+	s.failMu.Lock()
+	defer s.failMu.Unlock()
+	return s.failSince, s.failErr
+}
+
+func (s *Sequencer) recordResult(err error) {
+	s.failMu.Lock()
+	defer s.failMu.Unlock()
+	if err == nil || errors.Is(err, ErrLockHeld) {
+		s.failSince, s.failErr = time.Time{}, nil
+		return
+	}
+	if s.failErr == nil {
+		s.failSince = time.Now()
+	}
+	s.failErr = err
 }
 
 // Wake makes an idle sequencer run a batch now instead of at its next
@@ -238,6 +265,7 @@ func (s *Sequencer) run(ctx context.Context) {
 		// The batch runs on a context that Stop does not cancel, so a stop
 		// finishes the in-flight batch instead of aborting it.
 		n, err := s.SequenceOnce(context.WithoutCancel(ctx))
+		s.recordResult(err)
 		switch {
 		case errors.Is(err, ErrLockHeld):
 			bo.Reset()

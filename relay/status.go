@@ -16,6 +16,8 @@ type Status struct {
 	Pending int64 `json:"pending"`
 	// Lag is the age in seconds of the oldest pending row (0 when none).
 	Lag float64 `json:"lag"`
+	// Epoch identifies the history the seqs belong to (outbox.epoch()).
+	Epoch string `json:"epoch"`
 }
 
 // OldestSeqSQL is a scalar subquery for the oldest retained seq (NULL when
@@ -33,7 +35,8 @@ func ReadStatus(ctx context.Context, q Querier) (Status, error) {
 	  coalesce(`+OldestSeqSQL+`, 0),
 	  (SELECT count(*) FROM outbox.events WHERE seq IS NULL),
 	  coalesce((SELECT extract(epoch FROM clock_timestamp() - min(created_at))::float8
-	            FROM outbox.events WHERE seq IS NULL), 0)`).Scan(&s.HeadSeq, &s.OldestSeq, &s.Pending, &s.Lag)
+	            FROM outbox.events WHERE seq IS NULL), 0),
+	  (SELECT epoch FROM outbox.relay_state)`).Scan(&s.HeadSeq, &s.OldestSeq, &s.Pending, &s.Lag, &s.Epoch)
 	return s, err
 }
 

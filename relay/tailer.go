@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
@@ -37,7 +38,12 @@ type TailerConfig struct {
 	// (RELAY_WAKEUP=notify): the listener connection LISTENs on it too, so
 	// the wake-up costs no extra connection.
 	OnPending func()
-	Logger    *slog.Logger
+	// Epoch is the history StartAfter belongs to ("": read at start). The
+	// tailer checks the database's history on every fallback poll; when it
+	// changed, or the head went back behind the cursor, it rebases (see
+	// Rebaser).
+	Epoch  string
+	Logger *slog.Logger
 }
 
 func (c *TailerConfig) setDefaults() {
@@ -65,7 +71,23 @@ type Tailer struct {
 	cursor atomic.Int64 // last dispatched seq
 	ready  atomic.Bool  // cursor initialised
 	head   atomic.Int64 // newest last_seq heard of (notification or read)
+	// lastRead is when a read of the table last succeeded (unix ns).
+	lastRead atomic.Int64
+	// epoch is the history the cursor belongs to; run loop only.
+	epoch string
 }
+
+// Rebaser is implemented by a Dispatcher that can follow the tailer onto
+// another history: the database was restored or recreated, so the seqs it
+// has delivered mean nothing any more. Rebase is called from the tailer's
+// loop, between Dispatch calls, with the new history's epoch and head;
+// dispatching then continues after head.
+type Rebaser interface {
+	Rebase(ctx context.Context, epoch string, head int64)
+}
+
+// LastRead returns when a read of the table last succeeded.
+func (t *Tailer) LastRead() time.Time { return time.Unix(0, t.lastRead.Load()) }
 
 // NewTailer returns a Tailer dispatching to d.
 func NewTailer(pool *pgxpool.Pool, d Dispatcher, cfg TailerConfig) *Tailer {
@@ -189,24 +211,76 @@ func (t *Tailer) run(ctx context.Context) {
 			return
 		case <-t.wake:
 		case <-ticker.C:
+			if err := t.checkHistory(ctx); err != nil && ctx.Err() == nil {
+				t.cfg.Logger.Warn("tailer history check failed", "err", err)
+				recoverPool(t.pool, err)
+			}
 		}
 	}
 }
 
-func (t *Tailer) initCursor(ctx context.Context) error {
-	if t.cfg.StartAfter != nil && *t.cfg.StartAfter >= 0 {
-		t.cursor.Store(*t.cfg.StartAfter)
-		t.ready.Store(true)
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, t.cfg.QueryTimeout)
+// checkHistory compares the database's history with the cursor's. Another
+// epoch means the database was recreated or restored from another history;
+// a head behind the cursor means it was restored to an earlier point of
+// this one, and the seqs after that point will be reused for other events:
+// the tailer then gives the history a new epoch, so that clients holding the
+// old seqs are told to resync instead of being replayed the new ones.
+func (t *Tailer) checkHistory(ctx context.Context) error {
+	qctx, cancel := context.WithTimeout(ctx, t.cfg.QueryTimeout)
 	defer cancel()
-	var head int64
-	if err := t.pool.QueryRow(ctx, `SELECT last_seq FROM outbox.relay_state`).Scan(&head); err != nil {
+	h, err := ReadHistory(qctx, t.pool)
+	if err != nil {
 		return err
 	}
-	t.cursor.Store(head)
-	t.head.Store(head)
+	t.lastRead.Store(time.Now().UnixNano())
+	cursor := t.cursor.Load()
+	if h.Epoch == t.epoch && h.Head >= cursor {
+		return nil
+	}
+	if h.Epoch == t.epoch {
+		// Only if nobody rotated it meanwhile (another replica, same finding).
+		err := t.pool.QueryRow(qctx, `UPDATE outbox.relay_state
+		  SET epoch = replace(gen_random_uuid()::text, '-', '') WHERE epoch = $1 RETURNING last_seq, epoch`, h.Epoch).Scan(&h.Head, &h.Epoch)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("relay: new epoch: %w", err)
+		}
+		if err != nil {
+			if h, err = ReadHistory(qctx, t.pool); err != nil {
+				return err
+			}
+		}
+	}
+	t.cfg.Logger.Warn("the database holds another outbox history (restored or recreated): clients will resync",
+		"old_epoch", t.epoch, "epoch", h.Epoch, "cursor", cursor, "head", h.Head)
+	if r, ok := t.d.(Rebaser); ok {
+		r.Rebase(ctx, h.Epoch, h.Head)
+	}
+	t.epoch = h.Epoch
+	t.cursor.Store(h.Head)
+	t.head.Store(h.Head)
+	return nil
+}
+
+func (t *Tailer) initCursor(ctx context.Context) error {
+	if t.cfg.StartAfter != nil && *t.cfg.StartAfter >= 0 && t.cfg.Epoch != "" {
+		t.cursor.Store(*t.cfg.StartAfter)
+		t.epoch = t.cfg.Epoch
+	} else {
+		ctx, cancel := context.WithTimeout(ctx, t.cfg.QueryTimeout)
+		defer cancel()
+		h, err := ReadHistory(ctx, t.pool)
+		if err != nil {
+			return err
+		}
+		head := h.Head
+		if t.cfg.StartAfter != nil && *t.cfg.StartAfter >= 0 {
+			head = *t.cfg.StartAfter
+		}
+		t.cursor.Store(head)
+		t.head.Store(head)
+		t.epoch = h.Epoch
+	}
+	t.lastRead.Store(time.Now().UnixNano())
 	t.ready.Store(true)
 	return nil
 }
@@ -220,6 +294,7 @@ func (t *Tailer) drain(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		t.lastRead.Store(time.Now().UnixNano())
 		if len(buf) == 0 {
 			return nil
 		}

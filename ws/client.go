@@ -49,6 +49,7 @@ type client struct {
 
 	since    int64
 	hasSince bool
+	epoch    string // the history since belongs to ("": not given)
 
 	msgLimiter *rate.Limiter // client frames; nil: unlimited
 
@@ -337,25 +338,36 @@ func (c *client) checkResume(ctx context.Context) bool {
 	for {
 		st, err := h.position(ctx)
 		if err == nil {
+			reason := ""
 			// Replay work is proportional to the seq range scanned, so
 			// REPLAY_MAX bounds the distance to the head.
-			if st.head-c.since > h.cfg.ReplayMax || st.pastRetention(c.since) || c.since > st.head {
-				h.metrics.resync()
-				oldest := st.oldest
-				if oldest == 0 {
-					oldest = st.head + 1
-				}
-				c.writeControl(encodeControl(TypeResyncRequired, ResyncData{OldestSeq: oldest}))
-				c.mu.Lock()
-				if c.state == stateCatchUp {
-					// Not max(): a since beyond the head is another history.
-					c.cursor = h.head.Load()
-					c.state = stateLive
-				}
-				c.mu.Unlock()
-				return false
+			switch {
+			case c.epoch != "" && c.epoch != h.Epoch():
+				reason = ResyncEpoch
+			case c.since > st.head:
+				reason = ResyncAhead
+			case st.pastRetention(c.since):
+				reason = ResyncRetention
+			case st.head-c.since > h.cfg.ReplayMax:
+				reason = ResyncTooFar
 			}
-			return true
+			if reason == "" {
+				return true
+			}
+			h.metrics.resync()
+			oldest := st.oldest
+			if oldest == 0 {
+				oldest = st.head + 1
+			}
+			c.writeControl(encodeControl(TypeResyncRequired, ResyncData{OldestSeq: oldest, Reason: reason}))
+			c.mu.Lock()
+			if c.state == stateCatchUp {
+				// Not max(): a since beyond the head is another history.
+				c.cursor = h.head.Load()
+				c.state = stateLive
+			}
+			c.mu.Unlock()
+			return false
 		}
 		if ctx.Err() != nil {
 			return false

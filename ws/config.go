@@ -3,6 +3,7 @@ package ws
 import (
 	"context"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
@@ -24,6 +25,13 @@ const (
 type Config struct {
 	// Production disables /ws/_test/* (HTTP 403 {"status":"forbidden"}).
 	Production bool
+	// TestTokens enables POST /ws/_test/token (never in production). The
+	// caller decides: outboxd enables it with its built-in development key
+	// or TEST_TOKENS=true, never by default with a real key.
+	TestTokens bool
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For is
+	// believed (see clientAddr); empty: the peer address is the client's.
+	TrustedProxies []netip.Prefix
 	// AllowedOrigins lists browser origins allowed to connect
 	// ("https://app.example"); "*" allows any. Requests without an Origin
 	// header (non-browser clients) are allowed.

@@ -57,7 +57,17 @@ func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
 		reject(http.StatusForbidden, "origin", httpError{"forbidden_origin", "origin not allowed"})
 		return
 	}
-	if ok, wait := h.connectLimiter.allow(clientHost(r), time.Now()); !ok {
+	if limit := h.cfg.Limits.MaxHandshakes; limit > 0 {
+		if h.handshakes.Add(1) > int32(limit) {
+			h.handshakes.Add(-1)
+			w.Header().Set("Retry-After", "1")
+			reject(http.StatusServiceUnavailable, "busy", httpError{"busy", "too many connections being opened; retry in a second"})
+			return
+		}
+		defer h.handshakes.Add(-1)
+	}
+	addr := clientAddr(r, h.cfg.TrustedProxies)
+	if ok, wait := h.connectLimiter.allow(addr, time.Now()); !ok {
 		w.Header().Set("Retry-After", retryAfter(wait))
 		reject(http.StatusTooManyRequests, "rate_limited", httpError{"rate_limited", "too many connection attempts from this address; retry later"})
 		return
@@ -67,9 +77,15 @@ func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
 		reject(http.StatusUnauthorized, "invalid_token", httpError{"invalid_token", err.Error()})
 		return
 	}
-	since, hasSince, err := ParseSince(r.URL.Query().Get("since"))
+	q := r.URL.Query()
+	since, hasSince, err := ParseSince(q.Get("since"))
 	if err != nil {
 		reject(http.StatusBadRequest, "invalid_since", httpError{"invalid_since", err.Error()})
+		return
+	}
+	epoch, err := ParseEpoch(q.Get("epoch"))
+	if err != nil {
+		reject(http.StatusBadRequest, "invalid_epoch", httpError{"invalid_epoch", err.Error()})
 		return
 	}
 	if status, reason := h.overLimit(claims.UserID); status != 0 {
@@ -78,7 +94,7 @@ func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	c := &client{
 		hub: h, userID: claims.UserID, roles: claims.Roles, exp: claims.Expires,
-		remote: r.RemoteAddr, since: since, hasSince: hasSince, heapIdx: -1,
+		remote: addr, since: since, hasSince: hasSince, epoch: epoch, heapIdx: -1,
 		sent: make(chan struct{}, 1), done: make(chan struct{}), upgraded: make(chan struct{}), handshake: span,
 	}
 	if l := h.cfg.Limits; l.MessageRate > 0 {
@@ -219,7 +235,7 @@ const errBodyTooLarge = bodyError("body larger than 16 KiB")
 const MaxTestTokenTTL = 24 * time.Hour
 
 func (h *Hub) handleTestToken(w http.ResponseWriter, r *http.Request) {
-	if h.cfg.Production {
+	if h.cfg.Production || !h.cfg.TestTokens {
 		writeJSON(w, http.StatusForbidden, map[string]string{"status": "forbidden"})
 		return
 	}

@@ -39,6 +39,8 @@ type Hub struct {
 	// tailer's at-least-once delivery); only Dispatch touches it.
 	dispatched int64
 	gen        uint64
+	// epoch is the history head belongs to (outbox.epoch()).
+	epoch atomic.Pointer[string]
 
 	mu       sync.RWMutex
 	routes   routing
@@ -47,6 +49,7 @@ type Hub struct {
 	closing atomic.Bool
 
 	connectLimiter *addrLimiter
+	handshakes     atomic.Int32 // handshakes in flight (Limits.MaxHandshakes)
 	recent         *recentFrames
 }
 
@@ -107,17 +110,50 @@ func sessionClient(s *melody.Session) *client {
 func (h *Hub) Start(ctx context.Context) error {
 	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
-	var head int64
-	if err := h.pool.QueryRow(qctx, `SELECT last_seq FROM outbox.relay_state`).Scan(&head); err != nil {
-		return fmt.Errorf("ws: read relay head: %w", err)
+	hist, err := relay.ReadHistory(qctx, h.pool)
+	if err != nil {
+		return fmt.Errorf("ws: %w", err)
 	}
-	h.head.Store(head)
-	h.dispatched = head
+	h.head.Store(hist.Head)
+	h.dispatched = hist.Head
+	h.epoch.Store(&hist.Epoch)
 	return h.StartFunc(ctx, h.sweepExpired)
 }
 
 // Head is the newest seq announced to clients.
 func (h *Hub) Head() int64 { return h.head.Load() }
+
+// Epoch is the history Head belongs to.
+func (h *Hub) Epoch() string {
+	if e := h.epoch.Load(); e != nil {
+		return *e
+	}
+	return ""
+}
+
+// Rebase follows the relay onto another history (relay.Rebaser): the
+// database was restored or recreated. Every session is closed with 1012;
+// resuming with its old epoch, each is told to resync, and none is replayed
+// events of the new history under seqs it saw in the old one.
+func (h *Hub) Rebase(_ context.Context, epoch string, head int64) {
+	h.mu.Lock()
+	h.epoch.Store(&epoch)
+	h.head.Store(head)
+	h.dispatched = head
+	h.recent.reset()
+	clients := make([]*client, 0, len(h.routes.all))
+	for c := range h.routes.all {
+		clients = append(clients, c)
+	}
+	h.mu.Unlock()
+	for _, c := range clients {
+		if c.closeWith(CloseHistoryChanged) {
+			h.metrics.drop("history_changed")
+		}
+	}
+}
+
+var _ relay.Rebaser = (*Hub)(nil)
 
 // Stop closes every client with 1001 (reconnect with since), refuses new
 // upgrades with 503 and waits for sessions to end or ctx to expire.
@@ -238,7 +274,7 @@ func (h *Hub) onConnect(s *melody.Session) {
 	head := h.head.Load()
 	c.writeControl(encodeControl(TypeWelcome, WelcomeData{
 		UserID: c.userID, Roles: c.roles, HeadSeq: head,
-		HeartbeatInterval: int(h.cfg.HeartbeatInterval / time.Second),
+		HeartbeatInterval: int(h.cfg.HeartbeatInterval / time.Second), Epoch: h.Epoch(),
 	}))
 	c.mu.Lock()
 	if c.hasSince {

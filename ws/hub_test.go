@@ -246,8 +246,8 @@ func TestResyncRequired(t *testing.T) {
 	}
 	// More than REPLAY_MAX to replay.
 	cl := e.connect("since=50", "u1")
-	if d := resync(cl); d.OldestSeq != 1 {
-		t.Fatalf("oldest_seq %d, want 1", d.OldestSeq)
+	if d := resync(cl); d.OldestSeq != 1 || d.Reason != ResyncTooFar {
+		t.Fatalf("resync %+v, want oldest_seq 1, too_far", d)
 	}
 	// Within REPLAY_MAX: replayed.
 	cl2 := e.connect("since=250", "u2")
@@ -257,12 +257,14 @@ func TestResyncRequired(t *testing.T) {
 	// Past retention.
 	e.db.Exec(t, `DELETE FROM outbox.events WHERE seq <= 260`)
 	cl3 := e.connect("since=255", "u3")
-	if d := resync(cl3); d.OldestSeq != 261 {
-		t.Fatalf("oldest_seq %d, want 261", d.OldestSeq)
+	if d := resync(cl3); d.OldestSeq != 261 || d.Reason != ResyncRetention {
+		t.Fatalf("resync %+v, want oldest_seq 261, retention", d)
 	}
 	// since beyond the head (another database's cursor).
 	cl4 := e.connect("since=100000", "u4")
-	resync(cl4)
+	if d := resync(cl4); d.Reason != ResyncAhead {
+		t.Fatalf("resync %+v, want ahead", d)
+	}
 	// Live delivery continues for all of them.
 	e.emit(ev("system_event", 1, nil, nil))
 	for _, c := range []*wsClient{cl, cl2, cl3, cl4} {
@@ -614,7 +616,7 @@ func TestProductionForbidsTestEndpoints(t *testing.T) {
 
 func TestTestTokenEndpoint(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOpts{})
+	e := newEnv(t, envOpts{cfg: Config{TestTokens: true}})
 	resp, err := http.Post(e.srv.URL+"/ws/_test/token", "application/json", strings.NewReader(`{"sub":"op7","role":"LEVEL_2","ttl":60}`))
 	if err != nil {
 		t.Fatal(err)

@@ -1,8 +1,6 @@
 package ws
 
 import (
-	"net"
-	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -13,15 +11,23 @@ import (
 // Limits bound what one client, or all of them, can take. Zero disables a
 // limit. Each refusal has its own answer:
 //
+//	MaxHandshakes          HTTP 503 {"error":"busy"} with Retry-After
 //	MaxConnections         HTTP 503 {"error":"too_many_connections"}
 //	MaxConnectionsPerUser  HTTP 429 {"error":"too_many_connections_for_user"}
 //	ConnectRate            HTTP 429 {"error":"rate_limited"} with Retry-After
 //	MessageRate            close 1008 (policy violation) after a flood of client frames
 type Limits struct {
+	// MaxHandshakes bounds handshakes in flight (token check and upgrade)
+	// on this replica. Unlike a per-address rate it does not punish a
+	// reverse proxy that every browser comes through: after a deploy the
+	// whole replica's clients come back at once and are served as fast as
+	// the machine can, those over the bound told to retry a second later.
+	MaxHandshakes         int
 	MaxConnections        int
 	MaxConnectionsPerUser int
 	// ConnectRate is new connections per second allowed from one client
-	// address (RemoteAddr's host), with a burst of ConnectBurst.
+	// address (see Config.TrustedProxies), with a burst of ConnectBurst.
+	// Off by default: behind a proxy every browser shares one address.
 	ConnectRate  float64
 	ConnectBurst int
 	// MessageRate is client frames per second allowed on one connection,
@@ -32,9 +38,10 @@ type Limits struct {
 
 // Defaults for Limits (used by outboxd's configuration).
 const (
+	MaxHandshakesDefault         = 256
 	MaxConnectionsDefault        = 20000
 	MaxConnectionsPerUserDefault = 20
-	ConnectRateDefault           = 10
+	ConnectRateDefault           = 0
 	ConnectBurstDefault          = 30
 	MessageRateDefault           = 20
 	MessageBurstDefault          = 40
@@ -64,14 +71,6 @@ func newAddrLimiter(perSecond float64, burst int) *addrLimiter {
 		burst = 1
 	}
 	return &addrLimiter{rate: rate.Limit(perSecond), burst: burst, m: map[string]*addrEntry{}}
-}
-
-func clientHost(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
 }
 
 // allow reports whether host may connect now, and otherwise how long to wait.

@@ -24,6 +24,7 @@ const (
 //	code  meaning                                   client should
 //	1001  server shutting down                      reconnect with since
 //	1009  message too big (WS_MAX_MESSAGE_SIZE)     fix the client
+//	1012  outbox history changed (database restored) reconnect with since and epoch: resync_required follows
 //	4001  token expired                             refresh the token, reconnect
 //	4008  too far behind, past retention, or slow   reconnect with since: nothing is lost
 type CloseError struct {
@@ -39,6 +40,9 @@ var (
 	CloseTokenExpired  = CloseError{4001, "token expired"}
 	CloseTooFarBehind  = CloseError{4008, "too far behind: reconnect with since"}
 	ClosePastRetention = CloseError{4008, "past retention: reconnect with since"}
+	// CloseHistoryChanged: the database was restored or recreated; the
+	// client reconnects and, resuming with its old epoch, is told to resync.
+	CloseHistoryChanged = CloseError{1012, "outbox history changed: reconnect"}
 )
 
 // timestampLayout is RFC 3339 in UTC with microseconds, as the seed's clients expect.
@@ -84,12 +88,25 @@ type WelcomeData struct {
 	Roles             []string `json:"roles"`
 	HeadSeq           int64    `json:"head_seq"`
 	HeartbeatInterval int      `json:"heartbeat_interval"`
+	// Epoch identifies the history head_seq belongs to: send it back as
+	// epoch= with since= when resuming.
+	Epoch string `json:"epoch"`
 }
 
-// ResyncData tells a client its since is too old to replay.
+// ResyncData tells a client its since cannot be replayed: it must reload
+// its state; live delivery continues.
 type ResyncData struct {
-	OldestSeq int64 `json:"oldest_seq"`
+	OldestSeq int64  `json:"oldest_seq"`
+	Reason    string `json:"reason"`
 }
+
+// Reasons of resync_required.
+const (
+	ResyncEpoch     = "epoch"     // since belongs to another history (restored or recreated database)
+	ResyncAhead     = "ahead"     // since is ahead of the head
+	ResyncRetention = "retention" // events after since were deleted by retention
+	ResyncTooFar    = "too_far"   // replay would exceed REPLAY_MAX
+)
 
 // ErrorData describes a bad client message.
 type ErrorData struct {
@@ -153,6 +170,20 @@ func ParseSince(s string) (since int64, ok bool, err error) {
 		return 0, false, fmt.Errorf("since must be a non-negative integer seq, got %q", truncate(s, 16))
 	}
 	return n, true, nil
+}
+
+// ParseEpoch checks the epoch query parameter: empty (no check), or the
+// value a welcome frame carried (letters, digits, '-' and '_', at most 64).
+func ParseEpoch(s string) (string, error) {
+	if len(s) > 64 {
+		return "", fmt.Errorf("epoch longer than 64 characters")
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return "", fmt.Errorf("epoch must be the value of welcome.epoch, got %q", truncate(s, 16))
+		}
+	}
+	return s, nil
 }
 
 func truncate(s string, n int) string {

@@ -63,6 +63,14 @@ func (r *recentFrames) add(it recentItem) {
 	r.bytes += len(it.frame)
 }
 
+// reset forgets every frame (the history changed: Hub.Rebase).
+func (r *recentFrames) reset() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	clear(r.items)
+	r.start, r.n, r.bytes = 0, 0, 0
+}
+
 // after appends to buf the frames for c with seq in (after, after+span],
 // if the cache holds seq after+1; it returns the last seq it covered, or
 // ok=false when the table must be read instead.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -42,7 +43,7 @@ func TestBrowserPageLiveAndResume(t *testing.T) {
 		t.Fatalf("chromium is required for this test (scripts/ensure-chromium.sh installs it): %v", err)
 	}
 	db := dbtest.New(t)
-	p := startOutboxd(t, db)
+	p := startOutboxd(t, db, "TEST_TOKENS=true")
 	base := "http://" + p.Addr
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
@@ -119,7 +120,7 @@ func TestBrowserPageLiveAndResume(t *testing.T) {
 	waitText("#state", "reconnecting")
 	waitText("#status-line", "since=2")
 	db.Exec(t, `SELECT outbox.emit('system_event', '{"alerta": "committed while outboxd was down"}')`)
-	startOutboxdAt(t, db, p.Addr)
+	p = startOutboxdAt(t, db, p.Addr, "TEST_TOKENS=true")
 	waitText("#state", "open")
 	waitText("#log", "committed while outboxd was down")
 	waitText("#log", "reconnected; resumed after seq 2")
@@ -143,4 +144,33 @@ func TestBrowserPageLiveAndResume(t *testing.T) {
 	if strings.Join(seqs, ",") != "1,2,3" {
 		t.Fatalf("page shows events with seqs %v, want 1,2,3", seqs)
 	}
+
+	// The database is recreated (a new history, numbered from 1 again)
+	// while the page waits to reconnect with since=3: it must be told to
+	// resync, never be replayed the new history's seqs 1 and 2.
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.Wait()
+	waitText("#state", "reconnecting")
+	db.Exec(t, `DROP SCHEMA outbox CASCADE; DROP TABLE public.outboxd_schema_version`)
+	migrate := exec.Command(binary, "migrate", "up")
+	migrate.Env = []string{"DATABASE_URL=" + db.URL}
+	if out, err := migrate.CombinedOutput(); err != nil {
+		t.Fatalf("migrate: %v\n%s", err, out)
+	}
+	db.Exec(t, `SELECT outbox.emit('task_event', '{"titulo": "NEWHIST-1"}')`)
+	db.Exec(t, `SELECT outbox.emit('task_event', '{"titulo": "NEWHIST-2"}')`)
+	startOutboxdAt(t, db, p.Addr)
+	waitText("#log", "resync required (epoch)")
+	db.Exec(t, `SELECT outbox.emit('task_event', '{"titulo": "after the resync"}')`)
+	waitText("#log", "after the resync")
+	log, err := chromedp.Run(ctx, chromedp.TextContent("#log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(log, "NEWHIST") {
+		t.Fatalf("the page was replayed events of another history:\n%s", log)
+	}
+	shot("browser-e2e-resync.png")
 }

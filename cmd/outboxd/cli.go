@@ -91,6 +91,7 @@ func cmdTail(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 	sub := fs.String("sub", "cli", "user id for a minted token")
 	roles := fs.String("roles", "", "comma list of roles for a minted token")
 	since := fs.Int64("since", -1, "resume after this seq (-1: live only)")
+	epoch := fs.String("epoch", "", "the history --since belongs to (welcome.epoch or outbox.epoch()); another one gets resync_required")
 	count := fs.Int("count", 0, "exit after this many events (0: no limit)")
 	duration := fs.Duration("duration", 0, "exit after this long (0: no limit)")
 	if err := fs.Parse(args); err != nil {
@@ -110,7 +111,7 @@ func cmdTail(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 		defer cancel()
 	}
 	seen := 0
-	r := &wsclient.Resumer{URLs: []string{*addr}, Token: *token, Since: *since}
+	r := &wsclient.Resumer{URLs: []string{*addr}, Token: *token, Since: *since, Epoch: *epoch}
 	r.OnFrame = func(f wsclient.Frame) error {
 		if f.Duplicate {
 			return nil // dedupe by seq
@@ -128,7 +129,7 @@ func cmdTail(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 	}
 	r.Backoff = func(attempt int, err error) time.Duration {
 		wait := min(250*time.Millisecond<<min(attempt, 5), 5*time.Second)
-		fmt.Fprintf(stderr, "tail: %v; reconnecting in %s with since=%d\n", err, wait, r.Last())
+		fmt.Fprintf(stderr, "tail: %v; reconnecting in %s with since=%d epoch=%s\n", err, wait, r.Last(), r.LastEpoch())
 		return wait
 	}
 	err := r.Run(ctx)

@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/url"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/grupogad/outboxd/observability"
 	"github.com/grupogad/outboxd/relay"
+	"github.com/grupogad/outboxd/ws"
 )
 
 // DevSecretKey signs tokens when ENVIRONMENT is not production and neither
@@ -36,6 +38,13 @@ type Config struct {
 	JWKSURL     string `env:"JWKS_URL"`
 	JWTIssuer   string `env:"JWT_ISSUER"`
 	JWTAudience string `env:"JWT_AUDIENCE"`
+	// TestTokens lets POST /ws/_test/token mint tokens signed with a real
+	// SECRET_KEY (outside production only). Without it the endpoint mints
+	// only with the built-in development key.
+	TestTokens bool `env:"TEST_TOKENS" envDefault:"false"`
+	// TrustedProxies is a comma list of CIDRs of reverse proxies whose
+	// X-Forwarded-For is believed for the client address.
+	TrustedProxies []string `env:"TRUSTED_PROXIES" envSeparator:","`
 	// JWTRequireExp refuses tokens without exp.
 	JWTRequireExp bool `env:"JWT_REQUIRE_EXP" envDefault:"true"`
 	// AllowedOrigins is a comma list of browser origins; * (the default
@@ -58,18 +67,29 @@ type Config struct {
 	OutboxRetention time.Duration `env:"OUTBOX_RETENTION" envDefault:"24h"`
 	// ReplayMax is the most events a client may replay or lag behind.
 	ReplayMax int64 `env:"REPLAY_MAX" envDefault:"100000"`
+	// MaxHandshakes bounds WebSocket handshakes in flight; past it HTTP 503
+	// with Retry-After: 1 (0: no limit).
+	MaxHandshakes int `env:"MAX_HANDSHAKES" envDefault:"256"`
 	// MaxConnections bounds sessions on this replica (0: no limit).
 	MaxConnections int `env:"MAX_CONNECTIONS" envDefault:"20000"`
 	// MaxConnectionsPerUser bounds one user's sessions on this replica.
 	MaxConnectionsPerUser int `env:"MAX_CONNECTIONS_PER_USER" envDefault:"20"`
 	// ConnectRate and ConnectBurst: new connections per second per client
-	// address (0: no limit).
-	ConnectRate  float64 `env:"CONNECT_RATE" envDefault:"10"`
+	// address (0, the default: no limit; behind a reverse proxy set
+	// TRUSTED_PROXIES first, or every browser shares the proxy's budget).
+	ConnectRate  float64 `env:"CONNECT_RATE" envDefault:"0"`
 	ConnectBurst int     `env:"CONNECT_BURST" envDefault:"30"`
 	// ClientMessageRate and ClientMessageBurst: frames per second a client
 	// may send; a flood closes it with 1008 (0: no limit).
 	ClientMessageRate  float64 `env:"CLIENT_MESSAGE_RATE" envDefault:"20"`
 	ClientMessageBurst int     `env:"CLIENT_MESSAGE_BURST" envDefault:"40"`
+	// DatabaseWait is how long the sidecar waits at start for its database
+	// before giving up with a non-zero exit status (0: forever).
+	DatabaseWait time.Duration `env:"DATABASE_WAIT" envDefault:"60s"`
+	// RelayStallTimeout is how long the relay may make no progress (pending
+	// rows and no batch, a failing sequencer, a tailer that cannot read)
+	// before /readyz reports the replica not ready.
+	RelayStallTimeout time.Duration `env:"RELAY_STALL_TIMEOUT" envDefault:"30s"`
 	// AutoMigrate applies migrations at start.
 	AutoMigrate bool `env:"AUTO_MIGRATE" envDefault:"true"`
 	// LogLevel: debug, info, warn, error.
@@ -87,6 +107,39 @@ func (c *Config) SigningKey() (key string, dev bool) {
 		return c.SecretKey, false
 	}
 	return DevSecretKey, true
+}
+
+// TestTokensEnabled reports whether POST /ws/_test/token mints (DESIGN,
+// "Development endpoints"): never in production; otherwise with the
+// built-in development key, or with a real key only when TEST_TOKENS=true.
+func (c *Config) TestTokensEnabled() bool {
+	if c.Production() {
+		return false
+	}
+	_, dev := c.SigningKey()
+	return dev || (c.TestTokens && c.SecretKey != "")
+}
+
+// DevFeatures lists the development conveniences this configuration turns
+// on, for the start-up log.
+func (c *Config) DevFeatures() []string {
+	var on []string
+	if _, dev := c.SigningKey(); dev {
+		on = append(on, "development signing key (SECRET_KEY unset)")
+	}
+	if c.TestTokensEnabled() {
+		on = append(on, "POST /ws/_test/token")
+	}
+	if !c.Production() {
+		on = append(on, "POST /ws/_test/broadcast")
+	}
+	if slices.Contains(c.AllowedOrigins, "*") {
+		on = append(on, "any Origin (ALLOWED_ORIGINS=*)")
+	}
+	if c.PprofAddr != "" {
+		on = append(on, "pprof on "+c.PprofAddr)
+	}
+	return on
 }
 
 // Production reports whether ENVIRONMENT is production.
@@ -189,11 +242,20 @@ func (c *Config) validate() []string {
 	if c.RelayWakeup != relay.WakeupPoll && c.RelayWakeup != relay.WakeupNotify {
 		p = append(p, fmt.Sprintf("RELAY_WAKEUP: %q; want poll or notify", c.RelayWakeup))
 	}
+	if _, err := ws.ParseTrustedProxies(c.TrustedProxies); err != nil {
+		p = append(p, "TRUSTED_PROXIES: "+err.Error())
+	}
+	if c.DatabaseWait < 0 {
+		p = append(p, fmt.Sprintf("DATABASE_WAIT: %s; want 0 (forever) or more", c.DatabaseWait))
+	}
+	if c.RelayStallTimeout < time.Second {
+		p = append(p, fmt.Sprintf("RELAY_STALL_TIMEOUT: %s; want at least 1s", c.RelayStallTimeout))
+	}
 	if c.OutboxRetention < time.Minute {
 		p = append(p, fmt.Sprintf("OUTBOX_RETENTION: %s; want at least 1m", c.OutboxRetention))
 	}
 	limits := map[string]float64{
-		"MAX_CONNECTIONS": float64(c.MaxConnections), "MAX_CONNECTIONS_PER_USER": float64(c.MaxConnectionsPerUser),
+		"MAX_HANDSHAKES": float64(c.MaxHandshakes), "MAX_CONNECTIONS": float64(c.MaxConnections), "MAX_CONNECTIONS_PER_USER": float64(c.MaxConnectionsPerUser),
 		"CONNECT_RATE": c.ConnectRate, "CONNECT_BURST": float64(c.ConnectBurst),
 		"CLIENT_MESSAGE_RATE": c.ClientMessageRate, "CLIENT_MESSAGE_BURST": float64(c.ClientMessageBurst),
 	}

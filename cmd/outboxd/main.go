@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
@@ -187,10 +188,25 @@ type service interface {
 }
 
 func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
-	secret, dev := cfg.SigningKey()
-	if dev {
-		logger.Warn("SECRET_KEY unset: using the development key; never do this in production")
+	secret, _ := cfg.SigningKey()
+	if dev := cfg.DevFeatures(); len(dev) > 0 {
+		logger.Warn("development features on; never in production", "environment", cfg.Environment, "features", strings.Join(dev, "; "))
 	}
+	if cfg.TestTokens && !cfg.TestTokensEnabled() {
+		logger.Warn("TEST_TOKENS ignored: never in production, and only with SECRET_KEY")
+	}
+	proxies, err := ws.ParseTrustedProxies(cfg.TrustedProxies)
+	if err != nil { // validated with the configuration
+		return fmt.Errorf("TRUSTED_PROXIES: %w", err)
+	}
+
+	// Bind first: an address that cannot be bound is a start-up failure
+	// (exit status 1), before any relay work starts.
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("cannot listen on LISTEN_ADDR %s: %w", cfg.ListenAddr, err)
+	}
+	defer ln.Close()
 
 	tel, err := observability.Setup(ctx, observability.Options{Version: version})
 	if err != nil {
@@ -210,19 +226,11 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return err
 	}
 	defer pool.Close()
-
-	// Wait for the database at start, as after a loss: a sidecar may
-	// start before its database.
-	var bo backoff.Backoff
-	for {
-		err := pool.Ping(ctx)
-		if err == nil {
-			break
-		}
-		logger.Warn("database unreachable; retrying", "err", err)
-		if !bo.Wait(ctx) {
-			return nil
-		}
+	if err := waitForDatabase(ctx, pool, cfg.DatabaseWait, logger); err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return nil // signalled while waiting: a clean stop
 	}
 	if cfg.AutoMigrate {
 		if err := outboxsql.Up(ctx, pool, logger); err != nil {
@@ -239,24 +247,20 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	var seq *relay.Sequencer
-	var tail *relay.Tailer
+	readiness := &relay.Readiness{Querier: pool, StallAfter: cfg.RelayStallTimeout}
 	hub := ws.New(auth, pool, ws.Config{
-		Production: cfg.Production(), AllowedOrigins: cfg.AllowedOrigins,
+		Production: cfg.Production(), TestTokens: cfg.TestTokensEnabled(), TrustedProxies: proxies,
+		AllowedOrigins:    cfg.AllowedOrigins,
 		HeartbeatInterval: cfg.HeartbeatInterval, SendBuffer: cfg.WSSendBuffer,
 		MaxMessageSize: cfg.WSMaxMessageSize, ReplayMax: cfg.ReplayMax, Logger: logger,
 		TracerProvider: tel.TracerProvider,
 		Limits: ws.Limits{
+			MaxHandshakes:  cfg.MaxHandshakes,
 			MaxConnections: cfg.MaxConnections, MaxConnectionsPerUser: cfg.MaxConnectionsPerUser,
 			ConnectRate: cfg.ConnectRate, ConnectBurst: cfg.ConnectBurst,
 			MessageRate: cfg.ClientMessageRate, MessageBurst: cfg.ClientMessageBurst,
 		},
-		Ready: func(context.Context) error {
-			if !seq.Running() || !tail.Ready() {
-				return errors.New("relay not running")
-			}
-			return nil
-		},
+		Ready: readiness.Check,
 	})
 	if err := hub.Start(ctx); err != nil {
 		return err
@@ -267,10 +271,11 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	} else if changed {
 		logger.Info("sequencer wake-up mode set", "mode", cfg.RelayWakeup)
 	}
-	seq = relay.NewSequencer(pool, relay.SequencerConfig{
+	seq := relay.NewSequencer(pool, relay.SequencerConfig{
 		BatchSize: cfg.RelayBatchSize, PollInterval: cfg.RelayPollInterval, Logger: logger,
 	})
-	tail = relay.NewTailer(pool, hub, relay.TailerConfig{StartAfter: &head, Logger: logger, OnPending: seq.Wake})
+	tail := relay.NewTailer(pool, hub, relay.TailerConfig{StartAfter: &head, Epoch: hub.Epoch(), Logger: logger, OnPending: seq.Wake})
+	readiness.Sequencer, readiness.Tailer, readiness.Dispatched, readiness.Epoch = seq, tail, hub.Head, hub.Epoch
 	ret := relay.NewRetention(pool, relay.RetentionConfig{Window: cfg.OutboxRetention, Logger: logger})
 	services := []service{tail, seq, ret}
 	for _, s := range services {
@@ -283,19 +288,21 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	hub.Routes(mux)
 	browser.Routes(mux)
 	mux.Handle("GET /metrics", tel.MetricsHandler)
-	srv := &http.Server{Addr: cfg.ListenAddr, Handler: instrument(mux), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: instrument(mux), ReadHeaderTimeout: 10 * time.Second}
 	srvErr := make(chan error, 1)
-	go func() { srvErr <- srv.ListenAndServe() }()
+	go func() { srvErr <- srv.Serve(ln) }()
 	if cfg.PprofAddr != "" {
 		go servePprof(cfg.PprofAddr, logger)
 	}
-	logger.Info("outboxd started", "addr", cfg.ListenAddr, "version", version, "environment", cfg.Environment, "head_seq", head)
+	logger.Info("outboxd started", "addr", ln.Addr().String(), "version", version, "environment", cfg.Environment,
+		"head_seq", head, "epoch", hub.Epoch())
 
+	var serveErr error
 	select {
 	case <-ctx.Done():
 	case err := <-srvErr:
 		if !errors.Is(err, http.ErrServerClosed) {
-			logger.Error("http server failed", "err", err)
+			serveErr = fmt.Errorf("http server failed: %w", err)
 		}
 	}
 	logger.Info("shutting down")
@@ -309,7 +316,27 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		logger.Warn("shutdown incomplete", "err", err)
 	}
 	logger.Info("stopped")
-	return nil
+	return serveErr
+}
+
+// waitForDatabase pings until the database answers: a sidecar may start
+// before its database. After limit (0: never) it gives up with an error.
+func waitForDatabase(ctx context.Context, pool *pgxpool.Pool, limit time.Duration, logger *slog.Logger) error {
+	var bo backoff.Backoff
+	start := time.Now()
+	for {
+		err := pool.Ping(ctx)
+		if err == nil || ctx.Err() != nil {
+			return nil
+		}
+		if limit > 0 && time.Since(start) >= limit {
+			return fmt.Errorf("database unreachable for %s (DATABASE_WAIT): %w", limit, err)
+		}
+		logger.Warn("database unreachable; retrying", "err", err)
+		if !bo.Wait(ctx) {
+			return nil
+		}
+	}
 }
 
 // instrument traces HTTP requests with otelhttp, except the long-lived

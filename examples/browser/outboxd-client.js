@@ -7,8 +7,10 @@
  *     url: "wss://app.example/ws/connect",     // default: same host as the page
  *     getToken: async () => fetchFreshToken(), // called before every (re)connect
  *     since: stateSeq,                         // optional: seq your state was read at (outbox.head())
+ *     epoch: stateEpoch,                       // with since: outbox.epoch(), read in the same transaction
  *     onEvent: (ev) => apply(ev),              // {type, seq, id, timestamp, data}, in order, once each
- *     onResync: (oldestSeq) => reloadState(),  // your since is too old: reload, live events continue
+ *     onResync: (oldestSeq, reason) => reloadState(), // your since cannot be replayed: reload, live events continue
+ *                                              // reason: epoch | ahead | retention | too_far
  *     onState: (state, info) => show(state),   // connecting | open | reconnecting | closed
  *     onMessage: (msg) => {},                  // control frames: welcome, notification, error, pong
  *   });
@@ -16,10 +18,13 @@
  *
  * Guarantees, with outboxd: after any disconnect the client reconnects with
  * since=<last seq> and receives exactly the events it missed, in order; events
- * are deduplicated by seq. Close codes: 4001 (token expired) asks getToken for a
- * fresh token and reconnects at once; 4008 (too far behind) and 1001 (server
- * shutdown) reconnect at once with since; anything else reconnects with
- * jittered exponential backoff.
+ * are deduplicated by seq. It sends the epoch of the stream with since, so a
+ * database that was restored or recreated answers resync_required (reason
+ * "epoch") instead of replaying other events under the same seqs. Close codes:
+ * 4001 (token expired) asks getToken for a fresh token and reconnects at once;
+ * 4008 (too far behind), 1001 (server shutdown) and 1012 (history changed)
+ * reconnect at once with since; anything else reconnects with jittered
+ * exponential backoff.
  */
 (function (root) {
   "use strict";
@@ -36,6 +41,7 @@
     this.url = opts.url || defaultURL();
     this.getToken = opts.getToken;
     this.lastSeq = typeof opts.since === "number" ? opts.since : null;
+    this.epoch = typeof opts.epoch === "string" && opts.epoch !== "" ? opts.epoch : null;
     this.onEvent = opts.onEvent || function () {};
     this.onMessage = opts.onMessage || function () {};
     this.onState = opts.onState || function () {};
@@ -85,7 +91,10 @@
     }
     if (self._stopped) return;
     var url = self.url + (self.url.indexOf("?") < 0 ? "?" : "&") + "token=" + encodeURIComponent(token);
-    if (self.lastSeq !== null) url += "&since=" + self.lastSeq;
+    if (self.lastSeq !== null) {
+      url += "&since=" + self.lastSeq;
+      if (self.epoch !== null) url += "&epoch=" + encodeURIComponent(self.epoch);
+    }
     var ws;
     try {
       ws = new self.WebSocket(url);
@@ -100,7 +109,7 @@
       self._ws = null;
       if (self._stopped) return;
       var info = { code: e.code, reason: e.reason, since: self.lastSeq };
-      if (e.code === 4001 || e.code === 4008 || e.code === 1001) {
+      if (e.code === 4001 || e.code === 4008 || e.code === 1001 || e.code === 1012) {
         self.attempt = Math.max(self.attempt, 1);
         return self._retry(info, 0); // at once, with since (and a fresh token)
       }
@@ -135,15 +144,18 @@
     }
     if (msg.type === "welcome") {
       this.attempt = 0;
-      if (this.lastSeq === null) this.lastSeq = msg.data.head_seq;
+      // In another history the old seq means nothing: live from the head,
+      // and resync_required (reason "epoch") follows.
+      if (this.lastSeq === null || (this.epoch !== null && msg.data.epoch !== this.epoch)) this.lastSeq = msg.data.head_seq;
+      this.epoch = msg.data.epoch || null;
       var self = this;
       clearInterval(this._ping);
       this._ping = setInterval(function () {
         if (self._ws && self._ws.readyState === 1) self._ws.send('{"type":"ping"}');
       }, this.pingInterval);
-      this._setState("open", { since: this.lastSeq, user: msg.data.user_id, roles: msg.data.roles });
+      this._setState("open", { since: this.lastSeq, epoch: this.epoch, user: msg.data.user_id, roles: msg.data.roles });
     } else if (msg.type === "resync_required") {
-      try { this.onResync(msg.data.oldest_seq); } catch (e) { console.error(e); }
+      try { this.onResync(msg.data.oldest_seq, msg.data.reason); } catch (e) { console.error(e); }
     }
     try { this.onMessage(msg); } catch (e) { console.error(e); }
   };

@@ -51,6 +51,12 @@ type Resumer struct {
 	Backoff func(attempt int, err error) time.Duration
 	// HandshakeTimeout bounds each dial (default 5 s).
 	HandshakeTimeout time.Duration
+	// Epoch is the history Since belongs to (welcome.epoch, or
+	// outbox.epoch() read with outbox.head()); "" skips the check on the
+	// first connection. Later connections send the epoch of the last
+	// welcome, so a restored or recreated database answers resync_required
+	// instead of replaying other events under the same seqs.
+	Epoch string
 
 	last    int64
 	started bool
@@ -58,6 +64,9 @@ type Resumer struct {
 
 // Last is the last seq received.
 func (r *Resumer) Last() int64 { return r.last }
+
+// LastEpoch is the epoch the last seq belongs to.
+func (r *Resumer) LastEpoch() string { return r.Epoch }
 
 // Run follows the stream until ctx ends (returning ctx.Err()), OnFrame
 // returns ErrStop (nil) or an error, or outboxd refuses the connection.
@@ -102,6 +111,9 @@ func (r *Resumer) once(ctx context.Context, raw string) error {
 	q := u.Query()
 	if r.last >= 0 && (r.started || r.Since >= 0) {
 		q.Set("since", strconv.FormatInt(r.last, 10))
+		if r.Epoch != "" {
+			q.Set("epoch", r.Epoch)
+		}
 	}
 	u.RawQuery = q.Encode()
 	d := websocket.Dialer{HandshakeTimeout: r.HandshakeTimeout}
@@ -129,7 +141,8 @@ func (r *Resumer) once(ctx context.Context, raw string) error {
 			Type string `json:"type"`
 			Seq  int64  `json:"seq"`
 			Data struct {
-				HeadSeq int64 `json:"head_seq"`
+				HeadSeq int64  `json:"head_seq"`
+				Epoch   string `json:"epoch"`
 			} `json:"data"`
 		}
 		if err := json.Unmarshal(b, &f); err != nil {
@@ -141,8 +154,13 @@ func (r *Resumer) once(ctx context.Context, raw string) error {
 			fr.Duplicate = true
 		case f.Seq > 0:
 			r.last = f.Seq
-		case f.Type == "welcome" && r.last < 0:
-			r.last = f.Data.HeadSeq // live from here; resume from here after a cut
+		case f.Type == "welcome":
+			if r.last < 0 || (r.Epoch != "" && f.Data.Epoch != r.Epoch) {
+				// Live from here; resume from here after a cut. In another
+				// history the old seq means nothing (resync_required follows).
+				r.last = f.Data.HeadSeq
+			}
+			r.Epoch = f.Data.Epoch
 		}
 		if r.OnFrame != nil {
 			if err := r.OnFrame(fr); err != nil {
