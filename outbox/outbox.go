@@ -36,10 +36,14 @@ type Event struct {
 	// Data becomes "data" in the envelope. It must marshal to a JSON object;
 	// json.RawMessage and []byte are taken as already-encoded JSON.
 	Data any
-	// Users are JWT "sub" values; Roles are role names. A union; both empty
-	// means every connected client.
+	// Users are JWT "sub" values; Roles are role names: the event reaches
+	// their union. Empty (or nil) means nobody: a recipient query that
+	// finds no one must not leak the event to everyone.
 	Users []string
 	Roles []string
+	// Broadcast sends the event to every connected client; Users and Roles
+	// must then be nil.
+	Broadcast bool
 	// Traceparent overrides the trace context taken from ctx.
 	Traceparent string
 }
@@ -101,11 +105,19 @@ func (ev Event) encode(ctx context.Context) (encoded, error) {
 		return encoded{}, fmt.Errorf("%w: empty role in Roles", ErrInvalidEvent)
 	}
 	e := encoded{topic: ev.Topic, payload: payload}
-	if len(ev.Users) > 0 {
-		e.users = ev.Users
-	}
-	if len(ev.Roles) > 0 {
-		e.roles = ev.Roles
+	if ev.Broadcast {
+		if ev.Users != nil || ev.Roles != nil {
+			return encoded{}, fmt.Errorf("%w: Broadcast with Users or Roles; choose one", ErrInvalidEvent)
+		}
+	} else {
+		// NULL targets mean everyone in SQL: pass empty sets instead.
+		e.users, e.roles = ev.Users, ev.Roles
+		if e.users == nil {
+			e.users = []string{}
+		}
+		if e.roles == nil {
+			e.roles = []string{}
+		}
 	}
 	tp := ev.Traceparent
 	if f := traceparentFunc.Load(); tp == "" && f != nil {
@@ -137,8 +149,9 @@ func isJSONObject(b []byte) bool {
 	return false
 }
 
-const insertOne = `INSERT INTO outbox.events (topic, payload, target_users, target_roles, traceparent)
-VALUES ($1, $2, $3, $4, $5) RETURNING id`
+// Producers call the SQL functions, which run with their owner's rights: a
+// producer role needs EXECUTE on them and no rights on the tables.
+const insertOne = `SELECT outbox.emit($1, $2, $3, $4, $5)`
 
 // Emit inserts ev through tx and returns its outbox id. Call it as the last
 // statement of the transaction (see the package documentation).
@@ -156,14 +169,8 @@ func Emit(ctx context.Context, tx Executor, ev Event) (int64, error) {
 }
 
 // Targets are passed as JSON arrays because SQL arrays cannot be ragged.
-const insertMany = `INSERT INTO outbox.events (topic, payload, target_users, target_roles, traceparent)
-SELECT t, p,
-       CASE WHEN u IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(u)) END,
-       CASE WHEN r IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(r)) END,
-       tp
-FROM unnest($1::text[], $2::jsonb[], $3::jsonb[], $4::jsonb[], $5::text[]) WITH ORDINALITY AS x(t, p, u, r, tp, ord)
-ORDER BY ord
-RETURNING id`
+const insertMany = `SELECT array_agg(id ORDER BY id)
+FROM outbox.emit_batch($1::text[], $2::jsonb[], $3::jsonb[], $4::jsonb[], $5::text[]) AS ins(id)`
 
 // EmitBatch inserts every event in one round trip and returns their ids in
 // the order given. Either every event is valid and inserted, or none is.
@@ -187,8 +194,7 @@ func EmitBatch(ctx context.Context, tx Executor, evs []Event) ([]int64, error) {
 	// A querier that can only QueryRow still works: the ids come back as
 	// one array.
 	var ids []int64
-	err := tx.QueryRow(ctx, `WITH ins AS (`+insertMany+`) SELECT array_agg(id ORDER BY id) FROM ins`,
-		topics, payloads, users, roles, tps).Scan(&ids)
+	err := tx.QueryRow(ctx, insertMany, topics, payloads, users, roles, tps).Scan(&ids)
 	if err != nil {
 		return nil, translate(err)
 	}

@@ -119,13 +119,13 @@ func TestEmitStoresTheEvent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := outbox.Emit(ctx, tx, outbox.Event{Topic: "system_event", Data: json.RawMessage(`{"alert":"x"}`)}); err != nil {
+	if _, err := outbox.Emit(ctx, tx, outbox.Event{Topic: "system_event", Data: json.RawMessage(`{"alert":"x"}`), Broadcast: true}); err != nil {
 		t.Fatal(err)
 	}
 	if err := tx.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
-	id2, err := outbox.Emit(ctx, db.Pool, outbox.Event{Topic: "system_event", Data: json.RawMessage(`{"alert":"y"}`), Users: []string{}})
+	id2, err := outbox.Emit(ctx, db.Pool, outbox.Event{Topic: "system_event", Data: json.RawMessage(`{"alert":"y"}`), Broadcast: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,6 +135,21 @@ func TestEmitStoresTheEvent(t *testing.T) {
 	}
 	if n := db.Int64(t, `SELECT count(*) FROM outbox.events`); n != 2 {
 		t.Fatalf("%d rows, want 2 (the rolled-back event must not exist)", n)
+	}
+	// Empty targets (a recipient query that found nobody) are stored as
+	// empty sets, never as NULL: they reach nobody.
+	for _, ev := range []outbox.Event{{Users: []string{}}, {Roles: []string{}}, {}} {
+		ev.Topic, ev.Data = "system_event", json.RawMessage(`{"alert":"z"}`)
+		id, err := outbox.Emit(ctx, db.Pool, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := readRow(t, db, id); r.users == nil || r.roles == nil || len(r.users)+len(r.roles) != 0 {
+			t.Fatalf("%+v stored targets %+v, want two empty arrays", ev, r)
+		}
+	}
+	if _, err := outbox.Emit(ctx, db.Pool, outbox.Event{Topic: "t", Data: map[string]int{}, Broadcast: true, Roles: []string{"x"}}); !errors.Is(err, outbox.ErrInvalidEvent) {
+		t.Fatalf("Broadcast with Roles: %v", err)
 	}
 }
 
@@ -146,7 +161,7 @@ func TestEmitBatchOneRoundTripInOrder(t *testing.T) {
 	ctx := context.Background()
 	evs := []outbox.Event{
 		{Topic: "task_event", Data: map[string]int{"n": 0}, Users: []string{"a", "b"}},
-		{Topic: "dashboard_event", Data: map[string]int{"n": 1}},
+		{Topic: "dashboard_event", Data: map[string]int{"n": 1}, Broadcast: true},
 		{Topic: "task_event", Data: map[string]int{"n": 2}, Roles: []string{"LEVEL_2"}, Traceparent: "tp"},
 	}
 	ids, err := outbox.EmitBatch(ctx, db.Pool, evs)
@@ -157,9 +172,9 @@ func TestEmitBatchOneRoundTripInOrder(t *testing.T) {
 		t.Fatalf("ids %v", ids)
 	}
 	want := []row{
-		{topic: "task_event", payload: `{"n": 0}`, users: []string{"a", "b"}},
+		{topic: "task_event", payload: `{"n": 0}`, users: []string{"a", "b"}, roles: []string{}},
 		{topic: "dashboard_event", payload: `{"n": 1}`},
-		{topic: "task_event", payload: `{"n": 2}`, roles: []string{"LEVEL_2"}},
+		{topic: "task_event", payload: `{"n": 2}`, users: []string{}, roles: []string{"LEVEL_2"}},
 	}
 	for i, id := range ids {
 		r := readRow(t, db, id)
@@ -227,14 +242,19 @@ func TestMigrationsUpDownUp(t *testing.T) {
 		return db.Int64(t, `SELECT count(*) FROM pg_namespace WHERE nspname = 'outbox'`) == 1
 	}
 	applied, err := m.Up(ctx)
-	if err != nil || !slices.Equal(applied, []int64{1, 2}) || !schemaExists() {
+	if err != nil || !slices.Equal(applied, []int64{1, 2, 3, 4}) || !schemaExists() {
 		t.Fatalf("up: %v %v schema=%v", applied, err, schemaExists())
 	}
 	st, err := m.Status(ctx)
-	if err != nil || len(st) != 2 || !st[0].Applied || !st[1].Applied {
+	if err != nil || len(st) != 4 || !st[0].Applied || !st[3].Applied {
 		t.Fatalf("status: %+v %v", st, err)
 	}
-	// Down one version at a time: the wake-up function, then the schema.
+	// Down one version at a time, down to the schema.
+	for v := int64(4); v > 2; v-- {
+		if got, err := m.Down(ctx); err != nil || got != v || !schemaExists() {
+			t.Fatalf("down: %d (want %d) %v schema=%v", got, v, err, schemaExists())
+		}
+	}
 	if v, err := m.Down(ctx); err != nil || v != 2 || !schemaExists() {
 		t.Fatalf("down: %d %v schema=%v", v, err, schemaExists())
 	}
@@ -244,13 +264,13 @@ func TestMigrationsUpDownUp(t *testing.T) {
 	if st, _ := m.Status(ctx); st[0].Applied || st[1].Applied {
 		t.Fatal("status after down says applied")
 	}
-	if applied, err := m.Up(ctx); err != nil || len(applied) != 2 || !schemaExists() {
+	if applied, err := m.Up(ctx); err != nil || len(applied) != 4 || !schemaExists() {
 		t.Fatalf("up again: %v %v", applied, err)
 	}
 	if applied, err := m.Up(ctx); err != nil || len(applied) != 0 {
 		t.Fatalf("up when current: %v %v", applied, err)
 	}
-	if _, err := outbox.Emit(ctx, db.Pool, outbox.Event{Topic: "task_event", Data: map[string]int{"n": 1}}); err != nil {
+	if _, err := outbox.Emit(ctx, db.Pool, outbox.Event{Topic: "task_event", Data: map[string]int{"n": 1}, Broadcast: true}); err != nil {
 		t.Fatalf("emit after up/down/up: %v", err)
 	}
 }

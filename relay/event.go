@@ -8,10 +8,12 @@ import (
 
 // Event is a sequenced outbox row.
 type Event struct {
-	ID          int64
-	Seq         int64
-	Topic       string
-	Payload     json.RawMessage
+	ID      int64
+	Seq     int64
+	Topic   string
+	Payload json.RawMessage
+	// Users and Roles are the targets: nil is SQL's NULL, empty an empty
+	// set. Only both nil reaches everyone.
 	Users       []string
 	Roles       []string
 	Traceparent string
@@ -19,7 +21,7 @@ type Event struct {
 }
 
 // Broadcast reports whether the event goes to every client.
-func (e *Event) Broadcast() bool { return len(e.Users) == 0 && len(e.Roles) == 0 }
+func (e *Event) Broadcast() bool { return e.Users == nil && e.Roles == nil }
 
 // Dispatcher receives events in seq order. Dispatch may be called again with
 // events already dispatched (after a reconnect); implementations dedupe by
@@ -35,7 +37,7 @@ type DispatcherFunc func(ctx context.Context, events []Event) error
 func (f DispatcherFunc) Dispatch(ctx context.Context, events []Event) error { return f(ctx, events) }
 
 // selectEvents is the column list scanEvent reads.
-const selectEvents = `SELECT id, seq, topic, payload, coalesce(target_users, '{}'), coalesce(target_roles, '{}'),
+const selectEvents = `SELECT id, seq, topic, payload, target_users, target_roles,
        coalesce(traceparent, ''), created_at FROM outbox.events`
 
 type scanner interface{ Scan(dest ...any) error }

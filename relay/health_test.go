@@ -22,7 +22,7 @@ func TestReadinessFollowsTheRelay(t *testing.T) {
 	r := &Readiness{Querier: db.Pool, Sequencer: seq, Tailer: tail, Dispatched: dispatched, StallAfter: time.Second}
 	emit := func() {
 		t.Helper()
-		if _, err := outbox.Emit(ctx, db.Pool, outbox.Event{Topic: "task_event", Data: map[string]int{"n": 1}}); err != nil {
+		if _, err := outbox.Emit(ctx, db.Pool, outbox.Event{Topic: "task_event", Data: map[string]int{"n": 1}, Broadcast: true}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -80,7 +80,7 @@ func TestTailerRebasesOnAnEarlierHead(t *testing.T) {
 	reb := &rebaser{collector: newCollector(), rebased: make(chan History, 1)}
 	_, tail := startRelay(t, db.Pool, reb, SequencerConfig{})
 	for range 3 {
-		if _, err := outbox.Emit(ctx, db.Pool, outbox.Event{Topic: "task_event", Data: map[string]int{}}); err != nil {
+		if _, err := outbox.Emit(ctx, db.Pool, outbox.Event{Topic: "task_event", Data: map[string]int{}, Broadcast: true}); err != nil {
 			t.Fatal(err)
 		}
 	}

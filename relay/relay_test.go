@@ -109,7 +109,7 @@ func emitTx(ctx context.Context, pool *pgxpool.Pool, p producerPayload, sleep ti
 		return err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	if _, err := outbox.Emit(ctx, tx, outbox.Event{Topic: "task_event", Data: p}); err != nil {
+	if _, err := outbox.Emit(ctx, tx, outbox.Event{Topic: "task_event", Data: p, Broadcast: true}); err != nil {
 		return err
 	}
 	if sleep > 0 {
@@ -212,7 +212,7 @@ func TestLongOpenTransactionDoesNotBlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer long.Rollback(ctx) //nolint:errcheck
-	longID, err := outbox.Emit(ctx, long, outbox.Event{Topic: "task_event", Data: map[string]any{"long": true}})
+	longID, err := outbox.Emit(ctx, long, outbox.Event{Topic: "task_event", Data: map[string]any{"long": true}, Broadcast: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,8 +2,11 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -44,7 +47,21 @@ func SetWakeup(ctx context.Context, pool *pgxpool.Pool, mode string) (changed bo
 	if want {
 		ddl = `CREATE TRIGGER ` + wakeupTrigger + ` AFTER INSERT ON outbox.events FOR EACH STATEMENT EXECUTE FUNCTION outbox.notify_pending()`
 	}
-	if _, err := pool.Exec(ctx, ddl); err != nil {
+	// The DDL takes a lock that queues producers' INSERTs behind it: give
+	// up after lock_timeout rather than stall the app behind a long
+	// transaction on the table.
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '2s'`); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, ddl)
+		return err
+	})
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+			return false, fmt.Errorf("relay: RELAY_WAKEUP=%s needs the TRIGGER privilege on outbox.events (docs/least-privilege.sql): %w", mode, err)
+		}
 		// Two replicas starting together may race: losing is fine if the
 		// state is the wanted one.
 		if exists, rerr := wakeupTriggerExists(ctx, pool); rerr == nil && exists == want {

@@ -75,7 +75,7 @@ func TestWakeupNotifySequencesAtOnce(t *testing.T) {
 				t.Fatal(err)
 			}
 			for n := range 3 {
-				if _, err := outbox.Emit(ctx, tx, outbox.Event{Topic: "task_event", Data: producerPayload{0, n}}); err != nil {
+				if _, err := outbox.Emit(ctx, tx, outbox.Event{Topic: "task_event", Data: producerPayload{0, n}, Broadcast: true}); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -2,6 +2,10 @@ package ws
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rsa"
 	"errors"
 	"fmt"
 	"net/http"
@@ -9,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/MicahParks/jwkset"
 	"github.com/MicahParks/keyfunc/v3"
 	"github.com/golang-jwt/jwt/v5"
 	"golang.org/x/time/rate"
@@ -111,9 +116,64 @@ func (a *Authenticator) keyFor(ctx context.Context) jwt.Keyfunc {
 			if a.jwks == nil {
 				return nil, fmt.Errorf("%s is not enabled", t.Method.Alg())
 			}
-			return a.jwks.KeyfuncCtx(ctx)(t)
+			return a.jwksKey(ctx, t)
 		}
 	}
+}
+
+// jwksKey returns the JWKS key(s) that may verify t: a key marked for
+// another use ("use": "enc"), for another algorithm ("alg"), or of a type
+// that does not fit t's algorithm never verifies, with or without a kid.
+func (a *Authenticator) jwksKey(ctx context.Context, t *jwt.Token) (any, error) {
+	alg := t.Method.Alg()
+	store := a.jwks.Storage()
+	if kid, ok := t.Header[jwkset.HeaderKID].(string); ok {
+		j, err := store.KeyRead(ctx, kid)
+		if err != nil {
+			return nil, fmt.Errorf("key %q: %w", kid, err)
+		}
+		key, ok := verificationKey(j, alg)
+		if !ok {
+			return nil, fmt.Errorf("key %q may not verify %s signatures", kid, alg)
+		}
+		return key, nil
+	}
+	all, err := store.KeyReadAll(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var set jwt.VerificationKeySet
+	for _, j := range all {
+		if key, ok := verificationKey(j, alg); ok {
+			set.Keys = append(set.Keys, key)
+		}
+	}
+	if len(set.Keys) == 0 {
+		return nil, fmt.Errorf("no JWKS key may verify %s signatures", alg)
+	}
+	return set, nil
+}
+
+// verificationKey returns j's public key if j may verify alg signatures.
+func verificationKey(j jwkset.JWK, alg string) (any, bool) {
+	m := j.Marshal()
+	if m.USE != "" && m.USE != jwkset.UseSig {
+		return nil, false
+	}
+	if m.ALG != "" && m.ALG.String() != alg {
+		return nil, false
+	}
+	key := j.Key()
+	if pk, ok := key.(interface{ Public() crypto.PublicKey }); ok {
+		key = pk.Public()
+	}
+	switch k := key.(type) {
+	case *rsa.PublicKey:
+		return k, alg == jwt.SigningMethodRS256.Alg()
+	case *ecdsa.PublicKey:
+		return k, alg == jwt.SigningMethodES256.Alg() && k.Curve == elliptic.P256()
+	}
+	return nil, false
 }
 
 // MaxTokenBytes bounds the token accepted, before any parsing.
@@ -123,7 +183,7 @@ const MaxTokenBytes = 8 << 10
 // token was refused (safe to show the client: it never echoes the token).
 func (a *Authenticator) Validate(ctx context.Context, raw string) (Claims, error) {
 	if raw == "" {
-		return Claims{}, errors.New("token missing: pass ?token= or Authorization: Bearer")
+		return Claims{}, errors.New("token missing: pass it as the subprotocol outboxd.token.<JWT>, ?token= or Authorization: Bearer")
 	}
 	if len(raw) > MaxTokenBytes {
 		return Claims{}, fmt.Errorf("token longer than %d bytes", MaxTokenBytes)
@@ -213,14 +273,31 @@ func MintHS256(secret, sub string, roles []string, ttl time.Duration) (string, e
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(secret))
 }
 
-// tokenFromRequest reads the token from ?token= or Authorization: Bearer.
-func tokenFromRequest(r *http.Request) string {
+// Subprotocol is the WebSocket subprotocol outboxd speaks. A client may
+// carry its token as a second one, SubprotocolTokenPrefix + JWT, which
+// keeps it out of URLs and proxy access logs; the server answers with
+// Subprotocol alone.
+const (
+	Subprotocol            = "outboxd.v1"
+	SubprotocolTokenPrefix = "outboxd.token."
+)
+
+// tokenFromRequest reads the token from ?token=, Authorization: Bearer or
+// the Sec-WebSocket-Protocol list; fromProtocol reports the last.
+func tokenFromRequest(r *http.Request) (token string, fromProtocol bool) {
 	if t := r.URL.Query().Get("token"); t != "" {
-		return t
+		return t, false
 	}
 	h := r.Header.Get("Authorization")
 	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
-		return strings.TrimSpace(h[7:])
+		return strings.TrimSpace(h[7:]), false
 	}
-	return ""
+	for _, line := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for p := range strings.SplitSeq(line, ",") {
+			if t, ok := strings.CutPrefix(strings.TrimSpace(p), SubprotocolTokenPrefix); ok {
+				return t, true
+			}
+		}
+	}
+	return "", false
 }

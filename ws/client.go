@@ -81,6 +81,18 @@ type client struct {
 	closeOnce sync.Once
 }
 
+// allowFrame counts one client frame (data or control) against the message
+// rate; over it, the client is closed with 1008 and false is returned.
+func (c *client) allowFrame() bool {
+	if c.msgLimiter == nil || c.msgLimiter.Allow() {
+		return true
+	}
+	if c.closeWith(ClosePolicy) {
+		c.hub.metrics.drop("message_rate")
+	}
+	return false
+}
+
 func (c *client) reserve(limit int32) bool {
 	if c.inflight.Add(1) > limit {
 		c.inflight.Add(-1)

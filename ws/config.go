@@ -29,6 +29,9 @@ type Config struct {
 	// caller decides: outboxd enables it with its built-in development key
 	// or TEST_TOKENS=true, never by default with a real key.
 	TestTokens bool
+	// HideRoleNames leaves connections_by_role empty in /ws/stats (role
+	// names can say more about an organisation than it wants public).
+	HideRoleNames bool
 	// TrustedProxies are the reverse proxies whose X-Forwarded-For is
 	// believed (see clientAddr); empty: the peer address is the client's.
 	TrustedProxies []netip.Prefix

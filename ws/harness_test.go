@@ -75,6 +75,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	}
 	mux := http.NewServeMux()
 	e.hub.Routes(mux)
+	mux.Handle("GET /ws/stats", e.hub.StatsHandler())
 	e.srv = httptest.NewServer(mux)
 	t.Cleanup(e.stop)
 	return e
@@ -286,7 +287,8 @@ func (e *env) emit(evs ...outbox.Event) []int64 {
 }
 
 func ev(topic string, n int, users, roles []string) outbox.Event {
-	return outbox.Event{Topic: topic, Data: map[string]int{"n": n}, Users: users, Roles: roles}
+	// No targets in these tests means everyone: an explicit broadcast.
+	return outbox.Event{Topic: topic, Data: map[string]int{"n": n}, Users: users, Roles: roles, Broadcast: users == nil && roles == nil}
 }
 
 func (e *env) stats() map[string]any {

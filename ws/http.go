@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -14,11 +15,12 @@ import (
 	"github.com/grupogad/outboxd/relay"
 )
 
-// Routes registers the hub's endpoints on mux:
-// /ws/connect, /ws/stats, /ws/_test/broadcast, /ws/_test/token, /healthz, /readyz.
+// Routes registers the hub's public endpoints on mux: /ws/connect,
+// /ws/_test/broadcast, /ws/_test/token, /healthz, /readyz. /ws/stats is
+// operational: register StatsHandler where it belongs (the public mux by
+// default, or an admin address).
 func (h *Hub) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /ws/connect", h.handleConnect)
-	mux.HandleFunc("GET /ws/stats", h.handleStats)
 	mux.HandleFunc("POST /ws/_test/broadcast", h.handleTestBroadcast)
 	mux.HandleFunc("POST /ws/_test/token", h.handleTestToken)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -72,7 +74,8 @@ func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
 		reject(http.StatusTooManyRequests, "rate_limited", httpError{"rate_limited", "too many connection attempts from this address; retry later"})
 		return
 	}
-	claims, err := h.auth.Validate(r.Context(), tokenFromRequest(r))
+	raw, fromProtocol := tokenFromRequest(r)
+	claims, err := h.auth.Validate(r.Context(), raw)
 	if err != nil {
 		reject(http.StatusUnauthorized, "invalid_token", httpError{"invalid_token", err.Error()})
 		return
@@ -104,6 +107,10 @@ func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
 	// it from the URL too.
 	r.URL.RawQuery = ""
 	r.Header.Del("Authorization")
+	if fromProtocol {
+		// The upgrade answers with outboxd.v1; the token goes no further.
+		r.Header.Set("Sec-WebSocket-Protocol", Subprotocol)
+	}
 	// melody serves the session in the goroutine that calls it, for as long
 	// as the connection lasts. Call it from a fresh goroutine and return
 	// once the connection is hijacked: net/http's goroutine then ends and
@@ -154,15 +161,38 @@ func (h *Hub) Stats(ctx context.Context) Stats {
 		s.ConnectionsByRole[role] = len(set)
 	}
 	h.mu.RUnlock()
+	if h.cfg.HideRoleNames {
+		clear(s.ConnectionsByRole)
+	}
 	s.Metrics = h.metrics.snapshot()
 	s.Relay.DispatchedSeq = h.head.Load()
-	st, err := relay.ReadStatusTimeout(ctx, h.pool)
+	st, err := h.relayStatus(ctx)
 	if err != nil {
 		s.Relay.Error = "database unavailable"
 	}
 	s.Relay.Status = st
 	return s
 }
+
+// statusTTL is how long /ws/stats and /metrics reuse one read of the
+// relay's status: scraping them often must not load the database.
+const statusTTL = time.Second
+
+// relayStatus reads the relay's status from the database at most once per
+// statusTTL; concurrent callers wait for the one read under way.
+func (h *Hub) relayStatus(ctx context.Context) (relay.Status, error) {
+	h.status.mu.Lock()
+	defer h.status.mu.Unlock()
+	if !h.status.at.IsZero() && time.Since(h.status.at) < statusTTL {
+		return h.status.st, h.status.err
+	}
+	h.status.st, h.status.err = relay.ReadStatusTimeout(ctx, h.pool)
+	h.status.at = time.Now()
+	return h.status.st, h.status.err
+}
+
+// StatsHandler serves GET /ws/stats.
+func (h *Hub) StatsHandler() http.Handler { return http.HandlerFunc(h.handleStats) }
 
 func (h *Hub) handleStats(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
@@ -177,6 +207,14 @@ const maxTestBody = 16 << 10
 func (h *Hub) handleTestBroadcast(w http.ResponseWriter, r *http.Request) {
 	if h.cfg.Production {
 		writeJSON(w, http.StatusForbidden, map[string]string{"status": "forbidden"})
+		return
+	}
+	// A cross-site page must not make a visitor's browser broadcast (a
+	// simple POST needs no CORS preflight): an Origin, which browsers send
+	// on every POST, must be allowed as for /ws/connect, and where any
+	// origin may connect (ALLOWED_ORIGINS=*), be this server's own.
+	if !h.originAllowed(r) || (r.Header.Get("Origin") != "" && h.anyOrigin() && !sameOrigin(r)) {
+		writeJSON(w, http.StatusForbidden, httpError{"forbidden_origin", "origin not allowed"})
 		return
 	}
 	n := NotificationData{Title: "BroadcastTest", Content: "Mensaje de prueba", Level: "info"}
@@ -206,6 +244,12 @@ func (h *Hub) Broadcast(n NotificationData) int {
 	}
 	h.metrics.broadcast(sent)
 	return sent
+}
+
+// sameOrigin reports whether r's Origin names the host r was sent to.
+func sameOrigin(r *http.Request) bool {
+	u, err := url.Parse(r.Header.Get("Origin"))
+	return err == nil && u.Host != "" && strings.EqualFold(u.Host, r.Host)
 }
 
 // decodeOptionalBody decodes a JSON object body into v; an empty body keeps v.

@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/olahol/melody"
 
@@ -51,6 +52,13 @@ type Hub struct {
 	connectLimiter *addrLimiter
 	handshakes     atomic.Int32 // handshakes in flight (Limits.MaxHandshakes)
 	recent         *recentFrames
+
+	status struct { // relayStatus's cache
+		mu  sync.Mutex
+		at  time.Time
+		st  relay.Status
+		err error
+	}
 }
 
 // New returns a Hub. auth and pool are required.
@@ -76,6 +84,7 @@ func New(auth *Authenticator, pool *pgxpool.Pool, cfg Config) *Hub {
 		w.Header().Set("Sec-Websocket-Version", "13")
 		writeJSON(w, status, httpError{"upgrade_failed", reason.Error()})
 	}
+	m.Upgrader.Subprotocols = []string{Subprotocol}
 	m.Upgrader.ReadBufferSize = clientReadBuffer
 	m.Upgrader.WriteBufferSize = clientWriteBuffer
 	m.Upgrader.WriteBufferPool = &sync.Pool{}
@@ -90,6 +99,11 @@ func New(auth *Authenticator, pool *pgxpool.Pool, cfg Config) *Hub {
 	m.HandleSentMessage(func(s *melody.Session, b []byte) {
 		if c := sessionClient(s); c != nil {
 			c.onSent(b)
+		}
+	})
+	m.HandlePong(func(s *melody.Session) {
+		if c := sessionClient(s); c != nil {
+			c.allowFrame()
 		}
 	})
 	m.HandleError(h.onError)
@@ -255,9 +269,23 @@ func (h *Hub) onConnect(s *melody.Session) {
 	// net/http's goroutine (handleConnect returns on upgraded).
 	s.Request = nil
 	close(c.upgraded)
-	if tc, ok := s.WebsocketConnection().UnderlyingConn().(*net.TCPConn); ok {
+	conn := s.WebsocketConnection()
+	if tc, ok := conn.UnderlyingConn().(interface{ SetWriteBuffer(int) error }); ok {
 		_ = tc.SetWriteBuffer(h.cfg.SocketSendBuffer)
 	}
+	// Every client frame counts against the message rate, control frames
+	// too: a ping flood is closed like a message flood. (melody installs no
+	// ping handler; this one answers as gorilla's default does.)
+	conn.SetPingHandler(func(data string) error {
+		if !c.allowFrame() {
+			return nil
+		}
+		err := conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(closeWriteWait))
+		if errors.Is(err, websocket.ErrCloseSent) || isTimeout(err) {
+			return nil
+		}
+		return err
+	})
 	h.metrics.connects.Add(1)
 	if c.handshake != nil {
 		c.handshake.End()
@@ -345,10 +373,7 @@ func (h *Hub) onMessage(s *melody.Session, b []byte) {
 	if c == nil {
 		return
 	}
-	if c.msgLimiter != nil && !c.msgLimiter.Allow() {
-		if c.closeWith(ClosePolicy) {
-			h.metrics.drop("message_rate")
-		}
+	if !c.allowFrame() {
 		return
 	}
 	if _, bad := DecodeClientMessage(b); bad != nil {
@@ -374,6 +399,9 @@ func isTimeout(err error) bool {
 	var te interface{ Timeout() bool }
 	return errors.As(err, &te) && te.Timeout()
 }
+
+// anyOrigin reports whether AllowedOrigins is "*".
+func (h *Hub) anyOrigin() bool { return slices.Contains(h.cfg.AllowedOrigins, "*") }
 
 // originAllowed checks the Origin header against AllowedOrigins.
 func (h *Hub) originAllowed(r *http.Request) bool {

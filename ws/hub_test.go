@@ -365,7 +365,7 @@ func TestSlowClientCutFastClientServed(t *testing.T) {
 		for i := 0; i < n; i += 200 {
 			batch := make([]outbox.Event, 200)
 			for j := range batch {
-				batch[j] = outbox.Event{Topic: "task_event", Data: map[string]any{"n": i + j, "pad": pad}}
+				batch[j] = outbox.Event{Topic: "task_event", Data: map[string]any{"n": i + j, "pad": pad}, Broadcast: true}
 			}
 			if _, err := outbox.EmitBatch(context.Background(), e.db.Pool, batch); err != nil {
 				t.Error(err)
@@ -724,7 +724,7 @@ func TestSessionOutlivesHandlerAndBuffers(t *testing.T) {
 	}
 	// An event 3 × the write buffer arrives as one message, intact.
 	pad := strings.Repeat("y", 3*clientWriteBuffer)
-	e.emit(outbox.Event{Topic: "task_event", Data: map[string]any{"pad": pad}})
+	e.emit(outbox.Event{Topic: "task_event", Data: map[string]any{"pad": pad}, Broadcast: true})
 	f := cl.events(1, 5*time.Second)[0]
 	var d struct{ Pad string }
 	if err := json.Unmarshal(f.Data, &d); err != nil || d.Pad != pad {

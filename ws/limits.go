@@ -38,7 +38,7 @@ type Limits struct {
 
 // Defaults for Limits (used by outboxd's configuration).
 const (
-	MaxHandshakesDefault         = 256
+	MaxHandshakesDefault         = 1024
 	MaxConnectionsDefault        = 20000
 	MaxConnectionsPerUserDefault = 20
 	ConnectRateDefault           = 0

@@ -97,10 +97,10 @@ func (r *recentFrames) after(after int64, span int, c *client, buf []recentItem)
 	return buf, scannedTo, true
 }
 
-// entitled mirrors the table's filter: a broadcast, or the client's user or
-// one of its roles among the targets.
+// entitled mirrors the table's filter: a broadcast (both targets nil), or
+// the client's user or one of its roles among the targets.
 func (c *client) entitled(users, roles []string) bool {
-	if len(users) == 0 && len(roles) == 0 {
+	if users == nil && roles == nil {
 		return true
 	}
 	if slices.Contains(users, c.userID) {

@@ -8,6 +8,7 @@ type routing struct {
 	all    map[*client]struct{}
 	byUser map[string]map[*client]struct{}
 	byRole map[string]map[*client]struct{}
+	noRole int // clients without a role
 }
 
 func newRouting() routing {
@@ -38,6 +39,9 @@ func removeFrom(m map[string]map[*client]struct{}, k string, c *client) {
 
 func (r *routing) add(c *client) {
 	r.all[c] = struct{}{}
+	if len(c.roles) == 0 {
+		r.noRole++
+	}
 	addTo(r.byUser, c.userID, c)
 	for _, role := range c.roles {
 		addTo(r.byRole, role, c)
@@ -49,6 +53,9 @@ func (r *routing) remove(c *client) bool {
 		return false
 	}
 	delete(r.all, c)
+	if len(c.roles) == 0 {
+		r.noRole--
+	}
 	removeFrom(r.byUser, c.userID, c)
 	for _, role := range c.roles {
 		removeFrom(r.byRole, role, c)
@@ -57,10 +64,10 @@ func (r *routing) remove(c *client) bool {
 }
 
 // each calls fn once for every client targeted by users and roles (all
-// clients when both are empty). gen must be new for every call: a client
-// matching several targets is visited once.
+// clients when both are nil, i.e. NULL; empty sets reach nobody). gen must
+// be new for every call: a client matching several targets is visited once.
 func (r *routing) each(users, roles []string, gen uint64, fn func(*client)) {
-	if len(users) == 0 && len(roles) == 0 {
+	if users == nil && roles == nil {
 		for c := range r.all {
 			fn(c)
 		}

@@ -10,8 +10,9 @@ import (
 const queryTimeout = 10 * time.Second
 
 // entitledFilter matches rows for a client with user $2 and roles $3:
-// broadcasts (no targets), or an overlap with its user or roles.
-const entitledFilter = `((coalesce(cardinality(e.target_users), 0) = 0 AND coalesce(cardinality(e.target_roles), 0) = 0)
+// broadcasts (both targets NULL), or an overlap with its user or roles. An
+// empty array is an empty set: it matches nobody.
+const entitledFilter = `((e.target_users IS NULL AND e.target_roles IS NULL)
    OR e.target_users && $2::text[] OR e.target_roles && $3::text[])`
 
 // catchUpSQL reads, in one snapshot, the head, the oldest retained seq and

@@ -52,7 +52,7 @@ func (h *Hub) initTelemetry() {
 		metric.WithExplicitBucketBoundaries(observability.LatencyBuckets...))
 	sessions, _ := m.Int64ObservableGauge("outboxd.ws.sessions", metric.WithDescription("Open WebSocket sessions."))
 	byRole, _ := m.Int64ObservableGauge("outboxd.ws.connections.by_role",
-		metric.WithDescription("Open sessions by JWT role (a session with several roles counts under each; none: no role)."))
+		metric.WithDescription("Open sessions by JWT role (a session with several roles counts under each; sessions without a role: no_role=\"true\", no role label)."))
 	users, _ := m.Int64ObservableGauge("outboxd.ws.users", metric.WithDescription("Distinct users connected."))
 	connects, _ := m.Int64ObservableCounter("outboxd.ws.connects", metric.WithDescription("Accepted WebSocket connections."))
 	rejections, _ := m.Int64ObservableCounter("outboxd.ws.rejections", metric.WithDescription("Refused connection attempts by reason."))
@@ -74,17 +74,14 @@ func (h *Hub) initTelemetry() {
 		h.mu.RLock()
 		o.ObserveInt64(sessions, int64(len(h.routes.all)))
 		o.ObserveInt64(users, int64(len(h.routes.byUser)))
-		noRole := 0
-		for c := range h.routes.all {
-			if len(c.roles) == 0 {
-				noRole++
-			}
-		}
 		for role, set := range h.routes.byRole {
 			o.ObserveInt64(byRole, int64(len(set)), metric.WithAttributes(attribute.String("role", role)))
 		}
+		noRole := h.routes.noRole
 		h.mu.RUnlock()
-		o.ObserveInt64(byRole, int64(noRole), metric.WithAttributes(attribute.String("role", "none")))
+		// Sessions without a role carry no role label at all, so that no
+		// role name (not even "none") can be mistaken for them.
+		o.ObserveInt64(byRole, int64(noRole), metric.WithAttributes(attribute.Bool("no_role", true)))
 
 		hm := h.metrics
 		o.ObserveInt64(connects, hm.connects.Load())
@@ -108,7 +105,7 @@ func (h *Hub) initTelemetry() {
 		}
 		disp := h.head.Load()
 		o.ObserveInt64(dispatched, disp)
-		if st, err := relay.ReadStatusTimeout(ctx, h.pool); err == nil {
+		if st, err := h.relayStatus(ctx); err == nil {
 			o.ObserveInt64(head, st.HeadSeq)
 			o.ObserveInt64(lag, max(st.HeadSeq-disp, 0))
 			o.ObserveInt64(pending, st.Pending)

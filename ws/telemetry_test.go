@@ -196,7 +196,7 @@ func TestPrometheusMetricsExact(t *testing.T) {
 		{"outboxd_ws_rejections_total", []string{"reason", "invalid_token"}, 1},
 		{"outboxd_ws_sessions", nil, 2},
 		{"outboxd_ws_connections_by_role", []string{"role", "LEVEL_1"}, 1},
-		{"outboxd_ws_connections_by_role", []string{"role", "none"}, 1},
+		{"outboxd_ws_connections_by_role", []string{"no_role", "true"}, 1},
 		{"outboxd_ws_users", nil, 2},
 		{"outboxd_relay_head_seq", nil, n},
 		{"outboxd_relay_dispatched_seq", nil, n},
@@ -241,6 +241,11 @@ func TestTokensNeverLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	cl2.next(5 * time.Second)
+	cl3, _, err := e.dial("", dialOpts{header: http.Header{"Sec-WebSocket-Protocol": {Subprotocol + ", " + SubprotocolTokenPrefix + good}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl3.next(5 * time.Second)
 	for _, bad := range []string{expired, "x" + good} {
 		if _, resp, _ := e.dial("token="+url.QueryEscape(bad), dialOpts{}); resp == nil || resp.StatusCode != 401 {
 			t.Fatalf("bad token accepted: %v", resp)
@@ -248,6 +253,7 @@ func TestTokensNeverLogged(t *testing.T) {
 	}
 	_ = cl.conn.Close()
 	_ = cl2.conn.Close()
+	_ = cl3.conn.Close()
 	waitFor(t, 5*time.Second, "disconnects", func() bool { return e.connections() == 0 })
 	out := logs.String()
 	if !strings.Contains(out, `"msg":"client connected"`) || !strings.Contains(out, `"msg":"client disconnected"`) {

@@ -87,12 +87,20 @@ func (e *benchEnv) startSidecar(ctx context.Context) (*sidecar, error) {
 	}
 	addr := l.Addr().String()
 	l.Close()
+	return e.startSidecarAt(ctx, addr, false)
+}
+
+// startSidecarAt starts outboxd on addr; shipped keeps the shipped limits
+// (a deployment as it comes) instead of opening them for a load test.
+func (e *benchEnv) startSidecarAt(ctx context.Context, addr string, shipped bool) (*sidecar, error) {
 	s := &sidecar{addr: addr, done: make(chan struct{}), start: time.Now()}
 	s.cmd = exec.Command(e.o.outboxd)
 	s.cmd.Env = []string{
 		"PATH=" + os.Getenv("PATH"), "DATABASE_URL=" + e.dbURL(), "LISTEN_ADDR=" + addr, "SECRET_KEY=" + benchSecret,
-		"LOG_LEVEL=warn", "MAX_CONNECTIONS=0", "MAX_CONNECTIONS_PER_USER=0", "CONNECT_RATE=0", "AUTO_MIGRATE=false",
-		"REPLAY_MAX=2000000",
+		"LOG_LEVEL=warn", "AUTO_MIGRATE=false",
+	}
+	if !shipped {
+		s.cmd.Env = append(s.cmd.Env, "MAX_CONNECTIONS=0", "MAX_CONNECTIONS_PER_USER=0", "CONNECT_RATE=0", "REPLAY_MAX=2000000")
 	}
 	if e.o.pprofAddr != "" {
 		s.cmd.Env = append(s.cmd.Env, "PPROF_ADDR="+e.o.pprofAddr)

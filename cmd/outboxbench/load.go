@@ -242,7 +242,7 @@ func produce(ctx context.Context, pool *pgxpool.Pool, spec loadSpec, committed *
 				evs := make([]outbox.Event, spec.batch)
 				for i := range evs {
 					evs[i] = outbox.Event{Topic: benchTopic, Data: json.RawMessage(fmt.Sprintf(
-						`{"t":%d,"p":%d,"pad":%q}`, time.Now().UnixNano(), p, pad))}
+						`{"t":%d,"p":%d,"pad":%q}`, time.Now().UnixNano(), p, pad)), Broadcast: true}
 				}
 				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 					if len(evs) == 1 {

@@ -22,6 +22,8 @@
 //	producer-impact  8 single-row producers, outboxd stopped vs running  ≥ 85 % of the tx/s
 //	idle-cpu         outboxd with nothing to relay                       ≤ 1 % of one core
 //	tcp-floor        scenario 5's broadcast with bare TCP, no outboxd    (reference: this machine's floor)
+//	reconnect-storm  5,000 clients from one address; outboxd restarts     all resumed ≤ 10 s, none lost
+//	                 with its shipped defaults, 100 events committed meanwhile
 package main
 
 import (

@@ -23,6 +23,7 @@ var scenarios = map[string]scenarioFunc{
 	"producer-impact": producerImpact,
 	"idle-cpu":        idleCPU,
 	"tcp-floor":       tcpFloor,
+	"reconnect-storm": reconnectStorm,
 	"custom":          custom,
 }
 
@@ -39,7 +40,7 @@ func scenarioNames() []string {
 			names = append(names, k)
 		}
 	}
-	order := map[string]int{"backlog": 1, "steady-100": 2, "steady-1000": 3, "max": 4, "idle-conns": 5, "producer-impact": 6, "idle-cpu": 7, "tcp-floor": 8}
+	order := map[string]int{"backlog": 1, "steady-100": 2, "steady-1000": 3, "max": 4, "idle-conns": 5, "producer-impact": 6, "idle-cpu": 7, "tcp-floor": 8, "reconnect-storm": 9}
 	sort.Slice(names, func(i, j int) bool { return order[names[i]] < order[names[j]] })
 	return names
 }

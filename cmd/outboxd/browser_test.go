@@ -105,6 +105,14 @@ func TestBrowserPageLiveAndResume(t *testing.T) {
 	}
 	waitText("#state", "open")
 	waitText("#status-line", "connected as op7 [LEVEL_1]")
+	// The client carries its token as a subprotocol, not in the URL.
+	proto, err := chromedp.Run(ctx, chromedp.Evaluate[string](`client._ws.protocol + " " + client._ws.url`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(proto, "outboxd.v1 ") || strings.Contains(proto, "token=") {
+		t.Fatalf("protocol and URL: %q", proto)
+	}
 
 	db.Exec(t, `SELECT outbox.emit('task_event', '{"task_id": 101, "titulo": "Patrulla norte"}', NULL, ARRAY['LEVEL_1'])`)
 	waitText("#log", "Patrulla norte")

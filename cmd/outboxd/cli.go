@@ -74,6 +74,7 @@ func cmdEmit(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 	defer pool.Close()
 	id, err := outbox.Emit(ctx, pool, outbox.Event{
 		Topic: *topic, Data: json.RawMessage(*data), Users: splitList(*users), Roles: splitList(*roles),
+		Broadcast: *users == "" && *roles == "", // no targets given: everyone, as NULL in SQL
 	})
 	if err != nil {
 		return err

@@ -45,6 +45,33 @@ type Config struct {
 	// TrustedProxies is a comma list of CIDRs of reverse proxies whose
 	// X-Forwarded-For is believed for the client address.
 	TrustedProxies []string `env:"TRUSTED_PROXIES" envSeparator:","`
+	// JWKSAllowHTTP accepts an http:// JWKS_URL in production (a key
+	// server on a trusted network); by default production wants https.
+	JWKSAllowHTTP bool `env:"JWKS_ALLOW_HTTP" envDefault:"false"`
+	// AdminAddr, when set, serves /metrics and /ws/stats (and /healthz,
+	// /readyz) on this address instead of LISTEN_ADDR, e.g. 127.0.0.1:9090.
+	AdminAddr string `env:"ADMIN_ADDR"`
+	// AdminToken, when set, is required as "Authorization: Bearer …" by
+	// /metrics and /ws/stats, wherever they are served.
+	AdminToken string `env:"ADMIN_TOKEN"`
+	// StatsHideRoles leaves connections_by_role empty in /ws/stats.
+	StatsHideRoles bool `env:"STATS_HIDE_ROLES" envDefault:"false"`
+	// HTTPReadTimeout bounds reading a whole request, body included (a
+	// held body is released after it); WebSocket sessions keep their own
+	// deadlines once upgraded.
+	HTTPReadTimeout time.Duration `env:"HTTP_READ_TIMEOUT" envDefault:"15s"`
+	// HTTPIdleTimeout closes keep-alive connections idle that long.
+	HTTPIdleTimeout time.Duration `env:"HTTP_IDLE_TIMEOUT" envDefault:"60s"`
+	// HTTPMaxHeaderBytes bounds a request's headers (larger: HTTP 431).
+	HTTPMaxHeaderBytes int `env:"HTTP_MAX_HEADER_BYTES" envDefault:"16384"`
+	// MaxOpenConns bounds open TCP connections on LISTEN_ADDR, WebSockets
+	// included; past it a connection gets HTTP 503 at once. 0: derived,
+	// MAX_CONNECTIONS + 1024 (no bound when MAX_CONNECTIONS is 0).
+	MaxOpenConns int `env:"MAX_OPEN_CONNS" envDefault:"0"`
+	// MaxConnsPerAddress bounds open TCP connections from one peer address,
+	// not counting TRUSTED_PROXIES (0: no bound). Off by default: NAT and
+	// proxies put many clients behind one address.
+	MaxConnsPerAddress int `env:"MAX_CONNS_PER_ADDRESS" envDefault:"0"`
 	// JWTRequireExp refuses tokens without exp.
 	JWTRequireExp bool `env:"JWT_REQUIRE_EXP" envDefault:"true"`
 	// AllowedOrigins is a comma list of browser origins; * (the default
@@ -69,7 +96,7 @@ type Config struct {
 	ReplayMax int64 `env:"REPLAY_MAX" envDefault:"100000"`
 	// MaxHandshakes bounds WebSocket handshakes in flight; past it HTTP 503
 	// with Retry-After: 1 (0: no limit).
-	MaxHandshakes int `env:"MAX_HANDSHAKES" envDefault:"256"`
+	MaxHandshakes int `env:"MAX_HANDSHAKES" envDefault:"1024"`
 	// MaxConnections bounds sessions on this replica (0: no limit).
 	MaxConnections int `env:"MAX_CONNECTIONS" envDefault:"20000"`
 	// MaxConnectionsPerUser bounds one user's sessions on this replica.
@@ -142,6 +169,14 @@ func (c *Config) DevFeatures() []string {
 	return on
 }
 
+// OpenConnsLimit is MAX_OPEN_CONNS, or derived from MAX_CONNECTIONS.
+func (c *Config) OpenConnsLimit() int {
+	if c.MaxOpenConns > 0 || c.MaxConnections == 0 {
+		return c.MaxOpenConns
+	}
+	return c.MaxConnections + 1024
+}
+
 // Production reports whether ENVIRONMENT is production.
 func (c *Config) Production() bool { return c.Environment == "production" }
 
@@ -206,6 +241,30 @@ func (c *Config) validate() []string {
 				p = append(p, "ALLOWED_ORIGINS: * is not allowed in production")
 			}
 		}
+		if u, err := url.Parse(c.JWKSURL); c.JWKSURL != "" && err == nil && u.Scheme == "http" && !c.JWKSAllowHTTP {
+			p = append(p, "JWKS_URL: http:// in production (keys could be swapped in transit); use https or set JWKS_ALLOW_HTTP=true")
+		}
+		if c.JWKSURL != "" && c.JWTIssuer == "" {
+			p = append(p, "JWT_ISSUER: required in production with JWKS_URL (else a token the provider issued for another service passes)")
+		}
+		if c.JWKSURL != "" && c.JWTAudience == "" {
+			p = append(p, "JWT_AUDIENCE: required in production with JWKS_URL (else a token the provider issued for another service passes)")
+		}
+	}
+	if c.AdminAddr != "" && !strings.Contains(c.AdminAddr, ":") {
+		p = append(p, fmt.Sprintf("ADMIN_ADDR: %q is not host:port", c.AdminAddr))
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < 16 {
+		p = append(p, "ADMIN_TOKEN: shorter than 16 bytes")
+	}
+	if c.HTTPReadTimeout < time.Second || c.HTTPReadTimeout > 10*time.Minute {
+		p = append(p, fmt.Sprintf("HTTP_READ_TIMEOUT: %s; want 1s to 10m", c.HTTPReadTimeout))
+	}
+	if c.HTTPIdleTimeout < time.Second || c.HTTPIdleTimeout > time.Hour {
+		p = append(p, fmt.Sprintf("HTTP_IDLE_TIMEOUT: %s; want 1s to 1h", c.HTTPIdleTimeout))
+	}
+	if c.HTTPMaxHeaderBytes < 4096 || c.HTTPMaxHeaderBytes > 1<<20 {
+		p = append(p, fmt.Sprintf("HTTP_MAX_HEADER_BYTES: %d; want 4096 to 1048576 (tokens are at most 8 KiB)", c.HTTPMaxHeaderBytes))
 	}
 	if c.SecretKey != "" && len(c.SecretKey) < 16 {
 		p = append(p, "SECRET_KEY: shorter than 16 bytes")
@@ -255,7 +314,8 @@ func (c *Config) validate() []string {
 		p = append(p, fmt.Sprintf("OUTBOX_RETENTION: %s; want at least 1m", c.OutboxRetention))
 	}
 	limits := map[string]float64{
-		"MAX_HANDSHAKES": float64(c.MaxHandshakes), "MAX_CONNECTIONS": float64(c.MaxConnections), "MAX_CONNECTIONS_PER_USER": float64(c.MaxConnectionsPerUser),
+		"MAX_HANDSHAKES": float64(c.MaxHandshakes), "MAX_OPEN_CONNS": float64(c.MaxOpenConns),
+		"MAX_CONNS_PER_ADDRESS": float64(c.MaxConnsPerAddress), "MAX_CONNECTIONS": float64(c.MaxConnections), "MAX_CONNECTIONS_PER_USER": float64(c.MaxConnectionsPerUser),
 		"CONNECT_RATE": c.ConnectRate, "CONNECT_BURST": float64(c.ConnectBurst),
 		"CLIENT_MESSAGE_RATE": c.ClientMessageRate, "CLIENT_MESSAGE_BURST": float64(c.ClientMessageBurst),
 	}

@@ -111,3 +111,19 @@ func TestExampleProducersReachClient(t *testing.T) {
 		t.Fatal("no status_changed event from the SQLAlchemy listener")
 	}
 }
+
+// The Python helpers' own tests (examples/python-sqlalchemy/test_*.py), on
+// a migrated database of their own.
+func TestPythonHelpers(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	root, _ := filepath.Abs(filepath.Join("..", ".."))
+	cmd := exec.Command(pythonPath(), "-m", "unittest", "discover", "-s", "examples/python-sqlalchemy", "-p", "test_*.py", "-v")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+db.URL)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("python tests: %v\n%s", err, out)
+	}
+	t.Logf("%s", out)
+}

@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"flag"
 	"fmt"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/grupogad/outboxd/examples/browser"
 	"github.com/grupogad/outboxd/internal/backoff"
+	"github.com/grupogad/outboxd/internal/connlimit"
 	"github.com/grupogad/outboxd/internal/pgconfig"
 	"github.com/grupogad/outboxd/observability"
 	"github.com/grupogad/outboxd/outbox"
@@ -200,6 +202,10 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return fmt.Errorf("TRUSTED_PROXIES: %w", err)
 	}
 
+	if cfg.SecretKey != "" && cfg.Production() && (cfg.JWTIssuer == "" || cfg.JWTAudience == "") {
+		logger.Warn("JWT_ISSUER or JWT_AUDIENCE unset: any token signed with SECRET_KEY passes, whatever service it was minted for")
+	}
+
 	// Bind first: an address that cannot be bound is a start-up failure
 	// (exit status 1), before any relay work starts.
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
@@ -207,6 +213,13 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return fmt.Errorf("cannot listen on LISTEN_ADDR %s: %w", cfg.ListenAddr, err)
 	}
 	defer ln.Close()
+	var adminLn net.Listener
+	if cfg.AdminAddr != "" {
+		if adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+			return fmt.Errorf("cannot listen on ADMIN_ADDR %s: %w", cfg.AdminAddr, err)
+		}
+		defer adminLn.Close()
+	}
 
 	tel, err := observability.Setup(ctx, observability.Options{Version: version})
 	if err != nil {
@@ -250,6 +263,7 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	readiness := &relay.Readiness{Querier: pool, StallAfter: cfg.RelayStallTimeout}
 	hub := ws.New(auth, pool, ws.Config{
 		Production: cfg.Production(), TestTokens: cfg.TestTokensEnabled(), TrustedProxies: proxies,
+		HideRoleNames:     cfg.StatsHideRoles,
 		AllowedOrigins:    cfg.AllowedOrigins,
 		HeartbeatInterval: cfg.HeartbeatInterval, SendBuffer: cfg.WSSendBuffer,
 		MaxMessageSize: cfg.WSMaxMessageSize, ReplayMax: cfg.ReplayMax, Logger: logger,
@@ -287,15 +301,31 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	mux := http.NewServeMux()
 	hub.Routes(mux)
 	browser.Routes(mux)
-	mux.Handle("GET /metrics", tel.MetricsHandler)
-	srv := &http.Server{Handler: instrument(mux), ReadHeaderTimeout: 10 * time.Second}
-	srvErr := make(chan error, 1)
-	go func() { srvErr <- srv.Serve(ln) }()
+	// Operational endpoints: on the admin address when there is one, and
+	// behind ADMIN_TOKEN when it is set.
+	ops := mux
+	if adminLn != nil {
+		ops = http.NewServeMux()
+		ops.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { mux.ServeHTTP(w, r) })
+		ops.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { mux.ServeHTTP(w, r) })
+	}
+	ops.Handle("GET /metrics", requireToken(cfg.AdminToken, tel.MetricsHandler))
+	ops.Handle("GET /ws/stats", requireToken(cfg.AdminToken, hub.StatsHandler()))
+	public := connlimit.New(ln, connlimit.Config{Max: cfg.OpenConnsLimit(), PerAddress: cfg.MaxConnsPerAddress, Exempt: proxies,
+		OnRefuse: func(reason string) { logger.Debug("connection refused", "limit", reason) }})
+	srv := newHTTPServer(cfg, instrument(mux))
+	srvErr := make(chan error, 2)
+	go func() { srvErr <- srv.Serve(public) }()
+	var adminSrv *http.Server
+	if adminLn != nil {
+		adminSrv = newHTTPServer(cfg, instrument(ops))
+		go func() { srvErr <- adminSrv.Serve(adminLn) }()
+	}
 	if cfg.PprofAddr != "" {
 		go servePprof(cfg.PprofAddr, logger)
 	}
-	logger.Info("outboxd started", "addr", ln.Addr().String(), "version", version, "environment", cfg.Environment,
-		"head_seq", head, "epoch", hub.Epoch())
+	logger.Info("outboxd started", "addr", ln.Addr().String(), "admin_addr", cfg.AdminAddr, "version", version,
+		"environment", cfg.Environment, "head_seq", head, "epoch", hub.Epoch())
 
 	var serveErr error
 	select {
@@ -312,11 +342,46 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	// with 1001, stop HTTP, stop retention.
 	var errs []error
 	errs = append(errs, seq.Stop(sctx), tail.Stop(sctx), hub.Stop(sctx), srv.Shutdown(sctx), ret.Stop(sctx))
+	if adminSrv != nil {
+		errs = append(errs, adminSrv.Shutdown(sctx))
+	}
 	if err := errors.Join(errs...); err != nil {
 		logger.Warn("shutdown incomplete", "err", err)
 	}
 	logger.Info("stopped")
 	return serveErr
+}
+
+// newHTTPServer applies the HTTP limits: a request must arrive whole within
+// HTTP_READ_TIMEOUT, an idle keep-alive connection is closed after
+// HTTP_IDLE_TIMEOUT, headers are bounded. Upgraded WebSockets are hijacked
+// and keep their own deadlines (heartbeat, write timeout).
+func newHTTPServer(cfg Config, h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: min(5*time.Second, cfg.HTTPReadTimeout),
+		ReadTimeout:       cfg.HTTPReadTimeout,
+		IdleTimeout:       cfg.HTTPIdleTimeout,
+		MaxHeaderBytes:    cfg.HTTPMaxHeaderBytes,
+	}
+}
+
+// requireToken guards h with "Authorization: Bearer token" (token "": open).
+func requireToken(token string, h http.Handler) http.Handler {
+	if token == "" {
+		return h
+	}
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="outboxd"`)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = w.Write([]byte(`{"error":"unauthorized","detail":"ADMIN_TOKEN required"}` + "\n"))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // waitForDatabase pings until the database answers: a sidecar may start

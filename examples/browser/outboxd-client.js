@@ -13,6 +13,7 @@
  *                                              // reason: epoch | ahead | retention | too_far
  *     onState: (state, info) => show(state),   // connecting | open | reconnecting | closed
  *     onMessage: (msg) => {},                  // control frames: welcome, notification, error, pong
+ *     tokenIn: "protocol",                     // default: Sec-WebSocket-Protocol outboxd.token.<JWT>; "query": ?token=
  *   });
  *   client.connect();
  *
@@ -40,6 +41,7 @@
     if (typeof opts.getToken !== "function") throw new Error("OutboxdClient: getToken is required");
     this.url = opts.url || defaultURL();
     this.getToken = opts.getToken;
+    this.tokenIn = opts.tokenIn === "query" ? "query" : "protocol";
     this.lastSeq = typeof opts.since === "number" ? opts.since : null;
     this.epoch = typeof opts.epoch === "string" && opts.epoch !== "" ? opts.epoch : null;
     this.onEvent = opts.onEvent || function () {};
@@ -90,14 +92,18 @@
       return self._retry({ reason: "getToken failed: " + e });
     }
     if (self._stopped) return;
-    var url = self.url + (self.url.indexOf("?") < 0 ? "?" : "&") + "token=" + encodeURIComponent(token);
+    // The token travels as a subprotocol by default: it stays out of URLs,
+    // and so out of proxy access logs and browser history.
+    var params = [];
+    if (self.tokenIn === "query") params.push("token=" + encodeURIComponent(token));
     if (self.lastSeq !== null) {
-      url += "&since=" + self.lastSeq;
-      if (self.epoch !== null) url += "&epoch=" + encodeURIComponent(self.epoch);
+      params.push("since=" + self.lastSeq);
+      if (self.epoch !== null) params.push("epoch=" + encodeURIComponent(self.epoch));
     }
+    var url = self.url + (params.length ? (self.url.indexOf("?") < 0 ? "?" : "&") + params.join("&") : "");
     var ws;
     try {
-      ws = new self.WebSocket(url);
+      ws = self.tokenIn === "query" ? new self.WebSocket(url) : new self.WebSocket(url, ["outboxd.v1", "outboxd.token." + token]);
     } catch (e) {
       return self._retry({ reason: String(e) });
     }

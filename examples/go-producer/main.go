@@ -107,7 +107,7 @@ func operation(r *rand.Rand, i, users int) func(pgx.Tx) error {
 	case i%25 == 24:
 		return func(tx pgx.Tx) error {
 			_, err := outbox.Emit(ctx, tx, outbox.Event{Topic: "system_event",
-				Data: map[string]any{"level": "warning", "message": "Revisión periódica del sistema", "op": i}})
+				Data: map[string]any{"level": "warning", "message": "Revisión periódica del sistema", "op": i}, Broadcast: true})
 			return err
 		}
 	case i%10 == 9:
@@ -128,7 +128,7 @@ func operation(r *rand.Rand, i, users int) func(pgx.Tx) error {
 				return err
 			}
 			_, err := outbox.Emit(ctx, tx, outbox.Event{Topic: "efectivo_event",
-				Data: map[string]any{"action": "availability_changed", "efectivo_id": id, "disponible": disponible}})
+				Data: map[string]any{"action": "availability_changed", "efectivo_id": id, "disponible": disponible}, Broadcast: true})
 			return err
 		}
 	case r.IntN(2) == 0:

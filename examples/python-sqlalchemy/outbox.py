@@ -32,7 +32,9 @@ _QUEUE_KEY = "outboxd.events"
 def emit(session, topic, data, users=None, roles=None, traceparent=None):
     """Insert one event through the session's connection and return its id.
 
-    users: JWT "sub" values; roles: role names. A union; both empty: everyone.
+    users: JWT "sub" values; roles: role names. A union. An empty list is an
+    empty set (a recipient query that found nobody reaches nobody); only
+    users=None AND roles=None (the defaults) broadcast to everyone.
     A bad topic or payload fails here, inside your transaction, with the name
     of the constraint it broke (e.g. events_topic_format_check).
     """
@@ -41,15 +43,22 @@ def emit(session, topic, data, users=None, roles=None, traceparent=None):
         {
             "topic": topic,
             "payload": json.dumps(data),
-            "users": list(users) if users else None,
-            "roles": list(roles) if roles else None,
+            "users": None if users is None else list(users),
+            "roles": None if roles is None else list(roles),
             "traceparent": traceparent,
         },
     ).scalar_one()
 
 
 def queue_event(session, topic, data, users=None, roles=None):
-    """Remember an event to emit at commit (see install_hooks)."""
+    """Remember an event to emit at commit (see install_hooks).
+
+    The session's transaction is begun here if it has not been yet, so that
+    a rollback() that follows drops the event (with no transaction begun,
+    SQLAlchemy's rollback() is a no-op that fires no event, and the event
+    would leak into the next commit).
+    """
+    session.connection()
     session.info.setdefault(_QUEUE_KEY, []).append((topic, data, users, roles))
 
 

@@ -96,6 +96,20 @@ func (r *Resumer) Run(ctx context.Context) error {
 
 var errCallback = errors.New("wsclient: OnFrame failed")
 
+// HandshakeError is an HTTP answer instead of an upgrade. A 4xx other than
+// 429 is final (it matches ErrRefused); 429 and 5xx are worth a retry.
+type HandshakeError struct {
+	Status int
+	Body   string
+}
+
+func (e *HandshakeError) Error() string { return fmt.Sprintf("HTTP %d %s", e.Status, e.Body) }
+
+// Is makes a final refusal match ErrRefused.
+func (e *HandshakeError) Is(target error) bool {
+	return target == ErrRefused && e.Status >= 400 && e.Status < 500 && e.Status != http.StatusTooManyRequests
+}
+
 func (r *Resumer) backoff(attempt int, err error) time.Duration {
 	if r.Backoff != nil {
 		return r.Backoff(attempt, err)
@@ -122,9 +136,9 @@ func (r *Resumer) once(ctx context.Context, raw string) error {
 	}
 	conn, resp, err := d.DialContext(ctx, u.String(), http.Header{"Authorization": {"Bearer " + r.Token}})
 	if err != nil {
-		if resp != nil && resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests {
+		if resp != nil {
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-			return fmt.Errorf("%w: HTTP %d %s", ErrRefused, resp.StatusCode, strings.TrimSpace(string(body)))
+			return &HandshakeError{Status: resp.StatusCode, Body: strings.TrimSpace(string(body))}
 		}
 		return err
 	}
