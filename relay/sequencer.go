@@ -275,7 +275,7 @@ func (s *Sequencer) run(ctx context.Context) {
 			continue
 		case err != nil:
 			s.cfg.Logger.Warn("sequencer batch failed; retrying", "err", err)
-			recoverPool(s.pool, err)
+			recoverPool(s.pool, err, s.cfg.Logger)
 			if !bo.Wait(ctx) {
 				return
 			}

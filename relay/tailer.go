@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/grupogad/outboxd/internal/backoff"
@@ -17,16 +18,27 @@ import (
 
 // Defaults for TailerConfig.
 const (
-	TailBatchSizeDefault = 1000
-	FallbackPollDefault  = time.Second
+	TailBatchSizeDefault  = 1000
+	TailBatchBytesDefault = 4 << 20
+	FallbackPollDefault   = time.Second
+	ListenPingDefault     = 5 * time.Second
 )
 
 // TailerConfig configures a Tailer. Zero values take the defaults.
 type TailerConfig struct {
 	// BatchSize is the most events read and dispatched at once (1000).
 	BatchSize int
+	// BatchBytes bounds the payload bytes of one read (4 MiB): with rows of
+	// up to 256 KiB, a batch of BatchSize rows could hold a gigabyte.
+	BatchBytes int
 	// FallbackPoll is how often the tailer reads without a notification (1 s).
 	FallbackPoll time.Duration
+	// ListenPing (5 s): after this long without a notification the
+	// listener pings its connection, and replaces it when the ping does not
+	// come back within ListenPing. A half-open TCP connection would
+	// otherwise hold the listener for the OS keepalive (minutes), with
+	// every wake-up lost meanwhile.
+	ListenPing time.Duration
 	// QueryTimeout bounds every statement (10 s).
 	QueryTimeout time.Duration
 	// StartAfter is the seq to start after; negative (the default, -1 via
@@ -50,8 +62,14 @@ func (c *TailerConfig) setDefaults() {
 	if c.BatchSize <= 0 {
 		c.BatchSize = TailBatchSizeDefault
 	}
+	if c.BatchBytes <= 0 {
+		c.BatchBytes = TailBatchBytesDefault
+	}
 	if c.FallbackPoll <= 0 {
 		c.FallbackPoll = FallbackPollDefault
+	}
+	if c.ListenPing <= 0 {
+		c.ListenPing = ListenPingDefault
 	}
 	if c.QueryTimeout <= 0 {
 		c.QueryTimeout = QueryTimeoutDefault
@@ -75,6 +93,11 @@ type Tailer struct {
 	lastRead atomic.Int64
 	// epoch is the history the cursor belongs to; run loop only.
 	epoch string
+
+	// testSignalPinged runs after each successful listener ping, and
+	// testSignalListening after each successful LISTEN (tests).
+	testSignalPinged    func()
+	testSignalListening func()
 }
 
 // Rebaser is implemented by a Dispatcher that can follow the tailer onto
@@ -131,7 +154,7 @@ func (t *Tailer) listen(ctx context.Context) {
 			return
 		}
 		t.cfg.Logger.Warn("tailer listen connection lost; reconnecting", "err", err)
-		recoverPool(t.pool, err)
+		recoverPool(t.pool, err, t.cfg.Logger)
 		if !bo.Wait(ctx) {
 			return
 		}
@@ -159,9 +182,27 @@ func (t *Tailer) listenOnce(ctx context.Context, bo *backoff.Backoff) error {
 		return fmt.Errorf("LISTEN: %w", err)
 	}
 	bo.Reset()
+	if t.testSignalListening != nil {
+		t.testSignalListening()
+	}
 	t.poke() // catch up with whatever was sequenced while not listening
 	for {
-		n, err := conn.WaitForNotification(ctx)
+		wctx, cancel := context.WithTimeout(ctx, t.cfg.ListenPing)
+		n, err := conn.WaitForNotification(wctx)
+		cancel()
+		if err != nil && ctx.Err() == nil && pgconn.Timeout(err) {
+			// Quiet: prove the connection still answers.
+			pctx, cancel := context.WithTimeout(ctx, t.cfg.ListenPing)
+			err = conn.Ping(pctx)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("listen connection did not answer a ping within %s: %w", t.cfg.ListenPing, err)
+			}
+			if t.testSignalPinged != nil {
+				t.testSignalPinged()
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -185,7 +226,7 @@ func (t *Tailer) run(ctx context.Context) {
 				return
 			}
 			t.cfg.Logger.Warn("tailer start position unavailable; retrying", "err", err)
-			recoverPool(t.pool, err)
+			recoverPool(t.pool, err, t.cfg.Logger)
 			if !bo.Wait(ctx) {
 				return
 			}
@@ -199,7 +240,7 @@ func (t *Tailer) run(ctx context.Context) {
 				return
 			}
 			t.cfg.Logger.Warn("tailer read failed; retrying", "err", err, "cursor", t.cursor.Load())
-			recoverPool(t.pool, err)
+			recoverPool(t.pool, err, t.cfg.Logger)
 			if !bo.Wait(ctx) {
 				return
 			}
@@ -213,7 +254,7 @@ func (t *Tailer) run(ctx context.Context) {
 		case <-ticker.C:
 			if err := t.checkHistory(ctx); err != nil && ctx.Err() == nil {
 				t.cfg.Logger.Warn("tailer history check failed", "err", err)
-				recoverPool(t.pool, err)
+				recoverPool(t.pool, err, t.cfg.Logger)
 			}
 		}
 	}

@@ -19,6 +19,7 @@ type Proxy struct {
 	closed atomic.Bool
 	mu     sync.Mutex
 	conns  []net.Conn
+	frozen []*atomic.Bool // one per connection pair
 	wg     sync.WaitGroup
 }
 
@@ -34,6 +35,17 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	go p.accept()
 	t.Cleanup(p.Close)
 	return p
+}
+
+// FreezeExisting makes every connection open now half-open for good: it
+// forwards nothing more in either direction and never closes, as a peer
+// that vanished without a FIN would. Connections opened later work.
+func (p *Proxy) FreezeExisting() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, f := range p.frozen {
+		f.Store(true)
+	}
 }
 
 // Cut stops forwarding; Restore resumes it.
@@ -66,24 +78,26 @@ func (p *Proxy) accept() {
 			_ = c.Close()
 			continue
 		}
+		frozen := &atomic.Bool{}
 		p.mu.Lock()
 		p.conns = append(p.conns, c, up)
+		p.frozen = append(p.frozen, frozen)
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go p.pipe(up, c)
-		go p.pipe(c, up)
+		go p.pipe(up, c, frozen)
+		go p.pipe(c, up, frozen)
 	}
 }
 
 // pipe copies src to dst. While cut, whatever was read — data or the end
 // of the stream — waits, as in a partition; it goes through on Restore.
-func (p *Proxy) pipe(dst, src net.Conn) {
+func (p *Proxy) pipe(dst, src net.Conn, frozen *atomic.Bool) {
 	defer p.wg.Done()
 	defer dst.Close()
 	buf := make([]byte, 16<<10)
 	for {
 		n, err := src.Read(buf)
-		for p.cut.Load() {
+		for p.cut.Load() || frozen.Load() {
 			if p.closed.Load() {
 				return
 			}
