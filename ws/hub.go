@@ -40,6 +40,12 @@ type Hub struct {
 	// tailer's at-least-once delivery); only Dispatch touches it.
 	dispatched int64
 	gen        uint64
+	// everyone (valid at routes.version everyoneVersion, within one batch)
+	// and targeted are Dispatch's copies of recipients.
+	everyone        []*client
+	everyoneVersion uint64
+	everyoneValid   bool
+	targeted        []*client
 	// epoch is the history head belongs to (outbox.epoch()).
 	epoch atomic.Pointer[string]
 
@@ -219,12 +225,14 @@ func (h *Hub) sweepExpired(ctx context.Context) {
 
 // Dispatch delivers events (in seq order) to their recipients. It is the
 // relay.Dispatcher; events at or below the last dispatched seq are skipped.
+//
+// The hub lock is held only to copy each event's recipients, never while
+// frames are queued: a connect or disconnect waits for one copy at most,
+// not for a whole batch's fan-out.
 func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
 	if len(events) == 0 {
 		return nil
 	}
-	h.mu.RLock()
-	defer h.mu.RUnlock()
 	// Encode the new events and keep them in the recent frames, then
 	// announce the head (see Hub.head), then deliver: a session that falls
 	// behind during the delivery finds every announced event in memory and
@@ -246,18 +254,43 @@ func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
 		}
 		span := h.startProcessSpan(ctx, e)
 		frame := frames[i]
-		h.gen++
 		recipients := 0
-		h.routes.each(e.Users, e.Roles, h.gen, func(c *client) {
+		for _, c := range h.recipientsOf(e) {
 			if c.deliverLive(e.Seq, frame) {
 				recipients++
 			}
-		})
+		}
 		h.metrics.queued(e.Topic, recipients)
 		endProcessSpan(span, recipients)
 		h.dispatched = e.Seq
 	}
+	// Hold no session past this batch.
+	clear(h.targeted)
+	clear(h.everyone)
+	h.everyone, h.everyoneValid = h.everyone[:0], false
 	return nil
+}
+
+// recipientsOf copies e's recipients under the hub's read lock: every
+// session for a broadcast (a copy kept until a session comes or goes), or
+// the union of its users' and roles' sessions. Dispatch's goroutine only.
+func (h *Hub) recipientsOf(e *relay.Event) []*client {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if e.Broadcast() {
+		if !h.everyoneValid || h.everyoneVersion != h.routes.version {
+			h.everyone = h.everyone[:0]
+			for c := range h.routes.all {
+				h.everyone = append(h.everyone, c)
+			}
+			h.everyoneVersion, h.everyoneValid = h.routes.version, true
+		}
+		return h.everyone
+	}
+	h.gen++
+	h.targeted = h.targeted[:0]
+	h.routes.each(e.Users, e.Roles, h.gen, func(c *client) { h.targeted = append(h.targeted, c) })
+	return h.targeted
 }
 
 var _ relay.Dispatcher = (*Hub)(nil)

@@ -9,6 +9,8 @@ type routing struct {
 	byUser map[string]map[*client]struct{}
 	byRole map[string]map[*client]struct{}
 	noRole int // clients without a role
+	// version changes whenever a client is added or removed.
+	version uint64
 }
 
 func newRouting() routing {
@@ -39,6 +41,7 @@ func removeFrom(m map[string]map[*client]struct{}, k string, c *client) {
 
 func (r *routing) add(c *client) {
 	r.all[c] = struct{}{}
+	r.version++
 	if len(c.roles) == 0 {
 		r.noRole++
 	}
@@ -53,6 +56,7 @@ func (r *routing) remove(c *client) bool {
 		return false
 	}
 	delete(r.all, c)
+	r.version++
 	if len(c.roles) == 0 {
 		r.noRole--
 	}
