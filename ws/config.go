@@ -19,6 +19,7 @@ const (
 	LagWindowDefault         = 10 * time.Second
 	SocketSendBufferDefault  = 128 << 10
 	WriteTimeoutDefault      = 10 * time.Second
+	MetricsTopicsMaxDefault  = 64
 )
 
 // Config configures the Hub. Zero values take the defaults.
@@ -62,6 +63,9 @@ type Config struct {
 	// much data would sit in the kernel per slow client, and the hub could
 	// not tell a client that reads slowly from one that stopped reading.
 	SocketSendBuffer int
+	// MetricsTopicsMax is how many distinct topics get a metric series of
+	// their own (64); later ones are counted under "other".
+	MetricsTopicsMax int
 	// Limits against abuse; zero values disable each limit.
 	Limits Limits
 	// TracerProvider and MeterProvider default to the OTel globals. Under a
@@ -97,6 +101,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.MetricsTopicsMax <= 0 {
+		c.MetricsTopicsMax = MetricsTopicsMaxDefault
 	}
 	if len(c.AllowedOrigins) == 0 {
 		c.AllowedOrigins = []string{"*"}

@@ -70,7 +70,7 @@ type Hub struct {
 // New returns a Hub. auth and pool are required.
 func New(auth *Authenticator, pool *pgxpool.Pool, cfg Config) *Hub {
 	cfg.setDefaults()
-	h := &Hub{cfg: cfg, auth: auth, pool: pool, metrics: newHubMetrics(), routes: newRouting(),
+	h := &Hub{cfg: cfg, auth: auth, pool: pool, metrics: newHubMetrics(cfg.MetricsTopicsMax), routes: newRouting(),
 		connectLimiter: newAddrLimiter(cfg.Limits.ConnectRate, cfg.Limits.ConnectBurst),
 		recent:         newRecentFrames(recentMaxEvents, recentMaxBytes)}
 	m := melody.New()

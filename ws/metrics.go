@@ -24,10 +24,18 @@ type hubMetrics struct {
 	rejections map[string]int64 // refused connects by reason
 	errors     map[string]int64 // send errors by reason
 	topics     sync.Map         // topic → *atomic.Int64 of frames queued
+	topicsN    atomic.Int32     // distinct topics in topics
+	maxTopics  int32
 }
 
-func newHubMetrics() *hubMetrics {
-	return &hubMetrics{drops: map[string]int64{}, rejections: map[string]int64{}, errors: map[string]int64{}}
+// TopicOther is the metric label of every topic past MetricsTopicsMax:
+// topics like order.123 are valid, and one series each would grow without
+// bound.
+const TopicOther = "other"
+
+func newHubMetrics(maxTopics int) *hubMetrics {
+	return &hubMetrics{drops: map[string]int64{}, rejections: map[string]int64{}, errors: map[string]int64{},
+		maxTopics: int32(maxTopics)}
 }
 
 // queued counts n frames of topic handed to sessions.
@@ -38,7 +46,16 @@ func (m *hubMetrics) queued(topic string, n int) {
 	m.messagesSent.Add(int64(n))
 	c, ok := m.topics.Load(topic)
 	if !ok {
-		c, _ = m.topics.LoadOrStore(topic, new(atomic.Int64))
+		// The first MetricsTopicsMax topics seen get a series of their own
+		// (the app's event types); the rest share "other".
+		if m.topicsN.Add(1) > m.maxTopics {
+			m.topicsN.Add(-1)
+			topic = TopicOther
+		}
+		var loaded bool
+		if c, loaded = m.topics.LoadOrStore(topic, new(atomic.Int64)); loaded && topic != TopicOther {
+			m.topicsN.Add(-1) // another goroutine stored it first
+		}
 	}
 	c.(*atomic.Int64).Add(int64(n))
 }

@@ -117,6 +117,9 @@ type Config struct {
 	// rows and no batch, a failing sequencer, a tailer that cannot read)
 	// before /readyz reports the replica not ready.
 	RelayStallTimeout time.Duration `env:"RELAY_STALL_TIMEOUT" envDefault:"30s"`
+	// MetricsTopicsMax is how many distinct topics get a metric series of
+	// their own; later ones are counted as "other".
+	MetricsTopicsMax int `env:"METRICS_TOPICS_MAX" envDefault:"64"`
 	// AutoMigrate applies migrations at start.
 	AutoMigrate bool `env:"AUTO_MIGRATE" envDefault:"true"`
 	// LogLevel: debug, info, warn, error.
@@ -306,6 +309,9 @@ func (c *Config) validate() []string {
 	}
 	if c.DatabaseWait < 0 {
 		p = append(p, fmt.Sprintf("DATABASE_WAIT: %s; want 0 (forever) or more", c.DatabaseWait))
+	}
+	if c.MetricsTopicsMax < 1 || c.MetricsTopicsMax > 10000 {
+		p = append(p, fmt.Sprintf("METRICS_TOPICS_MAX: %d; want 1 to 10000", c.MetricsTopicsMax))
 	}
 	if c.RelayStallTimeout < time.Second {
 		p = append(p, fmt.Sprintf("RELAY_STALL_TIMEOUT: %s; want at least 1s", c.RelayStallTimeout))

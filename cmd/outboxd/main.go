@@ -263,7 +263,7 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	readiness := &relay.Readiness{Querier: pool, StallAfter: cfg.RelayStallTimeout}
 	hub := ws.New(auth, pool, ws.Config{
 		Production: cfg.Production(), TestTokens: cfg.TestTokensEnabled(), TrustedProxies: proxies,
-		HideRoleNames:     cfg.StatsHideRoles,
+		HideRoleNames: cfg.StatsHideRoles, MetricsTopicsMax: cfg.MetricsTopicsMax,
 		AllowedOrigins:    cfg.AllowedOrigins,
 		HeartbeatInterval: cfg.HeartbeatInterval, SendBuffer: cfg.WSSendBuffer,
 		MaxMessageSize: cfg.WSMaxMessageSize, ReplayMax: cfg.ReplayMax, Logger: logger,
