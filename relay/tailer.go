@@ -326,12 +326,17 @@ func (t *Tailer) initCursor(ctx context.Context) error {
 	return nil
 }
 
-// drain reads and dispatches until a read comes back short.
+// drain reads and dispatches until a read comes back short. A read holds
+// at most BatchBytes of payload (plus one row): when rows are large, the
+// next read asks for only as many rows as fitted, so little is read and
+// dropped.
 func (t *Tailer) drain(ctx context.Context) error {
-	buf := make([]Event, 0, t.cfg.BatchSize)
+	buf := make([]Event, 0, min(t.cfg.BatchSize, 256))
+	limit := t.cfg.BatchSize
 	for {
 		var err error
-		buf, err = ReadAfter(ctx, t.pool, t.cursor.Load(), t.cfg.BatchSize, buf[:0], t.cfg.QueryTimeout)
+		var full bool
+		buf, full, err = ReadAfter(ctx, t.pool, t.cursor.Load(), limit, t.cfg.BatchBytes, buf[:0], t.cfg.QueryTimeout)
 		if err != nil {
 			return err
 		}
@@ -347,29 +352,43 @@ func (t *Tailer) drain(ctx context.Context) error {
 		if last > t.head.Load() {
 			t.head.Store(last)
 		}
-		if len(buf) < t.cfg.BatchSize {
+		clear(buf) // the hub has what it needs: let the payloads go
+		switch {
+		case full:
+			limit = len(buf) + 1
+		case len(buf) < limit:
 			return nil
+		default:
+			limit = min(limit*2, t.cfg.BatchSize)
 		}
 	}
 }
 
-// ReadAfter appends to buf up to limit events with seq > after, in seq order.
-func ReadAfter(ctx context.Context, q Querier, after int64, limit int, buf []Event, timeout time.Duration) ([]Event, error) {
+// ReadAfter appends to buf up to limit events with seq > after, in seq
+// order, and stops early once maxBytes of payload are held (0: no byte
+// bound); full reports that early stop.
+func ReadAfter(ctx context.Context, q Querier, after int64, limit, maxBytes int, buf []Event, timeout time.Duration) (_ []Event, full bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	rows, err := q.Query(ctx, selectEvents+` WHERE seq > $1 ORDER BY seq LIMIT $2`, after, limit)
 	if err != nil {
-		return buf, err
+		return buf, false, err
 	}
 	defer rows.Close()
+	bytes := 0
 	for rows.Next() {
 		var e Event
 		if err := scanEvent(rows, &e); err != nil {
-			return buf, err
+			return buf, false, err
 		}
 		buf = append(buf, e)
+		if bytes += len(e.Payload); maxBytes > 0 && bytes >= maxBytes {
+			full = true
+			break
+		}
 	}
-	return buf, rows.Err()
+	rows.Close()
+	return buf, full, rows.Err()
 }
 
 // Querier is satisfied by *pgxpool.Pool, *pgx.Conn and pgx.Tx.

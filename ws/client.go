@@ -32,8 +32,13 @@ const (
 const controlReserve = 4
 
 // catchUpBatch is the seq range one catch-up read scans (so at most that
-// many rows).
+// many rows); Config.CatchUpPageBytes bounds its bytes.
 const catchUpBatch = 256
+
+// maxRowBytes is the largest payload a row may carry (the table's CHECK):
+// a page read stops at its byte budget less this, so with the row that
+// crosses it the page stays within the budget.
+const maxRowBytes = 256 << 10
 
 // client is one WebSocket session.
 type client struct {
@@ -73,8 +78,9 @@ type client struct {
 
 	// inflight counts frames queued in melody and not yet written, so that a
 	// write never meets a full melody queue (which would drop the frame).
-	inflight atomic.Int32
-	sent     chan struct{} // poked by HandleSentMessage
+	inflight      atomic.Int32
+	inflightBytes atomic.Int64
+	sent          chan struct{} // poked by HandleSentMessage
 	done     chan struct{} // closed on disconnect
 	doneOnce sync.Once
 
@@ -93,22 +99,34 @@ func (c *client) allowFrame() bool {
 	return false
 }
 
-func (c *client) reserve(limit int32) bool {
+// reserve takes a place in the melody queue for a frame of n bytes: at
+// most limit frames, and for events at most SendBufferBytes queued (a
+// frame larger than that still goes, alone). It reports false when full.
+func (c *client) reserve(limit int32, n int, isEvent bool) bool {
 	if c.inflight.Add(1) > limit {
 		c.inflight.Add(-1)
+		return false
+	}
+	if b := c.inflightBytes.Add(int64(n)); isEvent && b > int64(c.hub.cfg.SendBufferBytes) && b != int64(n) {
+		c.unreserve(n)
 		return false
 	}
 	return true
 }
 
+func (c *client) unreserve(n int) {
+	c.inflight.Add(-1)
+	c.inflightBytes.Add(-int64(n))
+}
+
 // writeControl queues a control frame if there is room.
 func (c *client) writeControl(frame []byte) bool {
-	if !c.reserve(int32(c.hub.cfg.SendBuffer)) {
+	if !c.reserve(int32(c.hub.cfg.SendBuffer), len(frame), false) {
 		c.hub.metrics.sendError("queue_full")
 		return false
 	}
 	if err := c.out.Write(frame); err != nil {
-		c.inflight.Add(-1)
+		c.unreserve(len(frame))
 		return false
 	}
 	return true
@@ -123,14 +141,14 @@ func (c *client) deliverLive(seq int64, frame []byte) bool {
 	if c.state != stateLive || seq <= c.cursor {
 		return false
 	}
-	if !c.reserve(int32(c.hub.cfg.SendBuffer - controlReserve)) {
+	if !c.reserve(int32(c.hub.cfg.SendBuffer-controlReserve), len(frame), true) {
 		c.state = stateCatchUp
 		c.hub.metrics.catchUp()
 		go c.catchUp(false)
 		return false
 	}
 	if err := c.out.Write(frame); err != nil {
-		c.inflight.Add(-1)
+		c.unreserve(len(frame))
 		return false
 	}
 	c.cursor = seq
@@ -139,7 +157,7 @@ func (c *client) deliverLive(seq int64, frame []byte) bool {
 
 func (c *client) onSent(frame []byte) {
 	c.hub.observeSent(frame)
-	c.inflight.Add(-1)
+	c.unreserve(len(frame))
 	select {
 	case c.sent <- struct{}{}:
 	default:
@@ -240,12 +258,15 @@ func (c *client) catchUp(resume bool) {
 			}
 		}
 		if !fromMemory {
-			var page catchUpPage
-			var err error
 			if buf == nil {
 				buf = make([]relay.Event, 0, catchUpBatch)
 			}
-			page, buf, err = h.readEntitled(ctx, cursor, c, catchUpBatch, buf[:0])
+			var err error
+			var done bool
+			scannedTo, buf, done, err = c.pageFromTable(ctx, wait, cursor, buf[:0])
+			if done {
+				return
+			}
 			if err != nil {
 				if ctx.Err() == nil {
 					h.cfg.Logger.Warn("catch-up read failed; retrying", "err", err, "user", c.userID)
@@ -256,19 +277,6 @@ func (c *client) catchUp(resume bool) {
 				continue
 			}
 			bo.Reset()
-			h.metrics.pagesTable.Add(1)
-			if page.pastRetention(cursor) {
-				if c.closeWith(ClosePastRetention) {
-					h.metrics.drop("past_retention")
-				}
-				return
-			}
-			for i := range buf {
-				if !c.writeCaughtUp(ctx, wait, buf[i].Seq, encodeEvent(&buf[i]), buf[i].Topic) {
-					return
-				}
-			}
-			scannedTo = page.scannedTo(cursor, catchUpBatch)
 		}
 		c.mu.Lock()
 		c.cursor = max(c.cursor, scannedTo)
@@ -276,16 +284,51 @@ func (c *client) catchUp(resume bool) {
 	}
 }
 
+// pageFromTable reads one page of entitled events after cursor and queues
+// them. The page holds a reservation on the hub's catch-up memory from the
+// read until its last frame is queued: its rows and their frames, at most
+// twice CatchUpPageBytes (a read stops at the budget, less one row of the
+// largest size). done is true when the session ended or was cut.
+func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int64, buf []relay.Event) (scannedTo int64, _ []relay.Event, done bool, err error) {
+	h := c.hub
+	reserve := int64(2 * h.cfg.CatchUpPageBytes)
+	if err := h.catchUpMem.Acquire(ctx, reserve); err != nil {
+		return 0, buf, true, nil // ctx ended: the client went away
+	}
+	defer h.catchUpMem.Release(reserve)
+	page, buf, err := h.store.ReadEntitled(ctx, relay.ReplayQuery{
+		After: cursor, Span: catchUpBatch, MaxBytes: h.cfg.CatchUpPageBytes - maxRowBytes,
+		User: c.userID, Roles: c.roles,
+	}, buf)
+	if err != nil {
+		return 0, buf, false, err
+	}
+	h.metrics.pagesTable.Add(1)
+	if page.PastRetention(cursor) {
+		if c.closeWith(ClosePastRetention) {
+			h.metrics.drop("past_retention")
+		}
+		return 0, buf, true, nil
+	}
+	for i := range buf {
+		if !c.writeCaughtUp(ctx, wait, buf[i].Seq, encodeEvent(&buf[i]), buf[i].Topic) {
+			return 0, buf, true, nil
+		}
+		buf[i].Payload = nil // the frame has it now
+	}
+	return page.ScannedTo, buf, false, nil
+}
+
 // writeCaughtUp queues one caught-up frame when the queue has room; false
 // if the client went away or was cut.
 func (c *client) writeCaughtUp(ctx context.Context, wait *time.Timer, seq int64, frame []byte, topic string) bool {
-	if !c.waitForRoom(ctx, wait) {
+	if !c.waitForRoom(ctx, wait, len(frame)) {
 		return false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.out.Write(frame); err != nil {
-		c.inflight.Add(-1)
+		c.unreserve(len(frame))
 		return false
 	}
 	c.cursor = seq
@@ -296,9 +339,9 @@ func (c *client) writeCaughtUp(ctx context.Context, wait *time.Timer, seq int64,
 // waitForRoom blocks until the melody queue has room for an event. It
 // gives up, closing with 4008, if the client falls more than ReplayMax
 // behind meanwhile (a client that stopped reading).
-func (c *client) waitForRoom(ctx context.Context, wait *time.Timer) bool {
+func (c *client) waitForRoom(ctx context.Context, wait *time.Timer, n int) bool {
 	limit := int32(c.hub.cfg.SendBuffer - controlReserve)
-	for !c.reserve(limit) {
+	for !c.reserve(limit, n, true) {
 		wait.Reset(100 * time.Millisecond)
 		select {
 		case <-ctx.Done():
@@ -348,7 +391,7 @@ func (c *client) checkResume(ctx context.Context) bool {
 	h := c.hub
 	var bo backoff.Backoff
 	for {
-		st, err := h.position(ctx)
+		st, err := h.store.Position(ctx)
 		if err == nil {
 			reason := ""
 			// Replay work is proportional to the seq range scanned, so
@@ -356,20 +399,20 @@ func (c *client) checkResume(ctx context.Context) bool {
 			switch {
 			case c.epoch != "" && c.epoch != h.Epoch():
 				reason = ResyncEpoch
-			case c.since > st.head:
+			case c.since > st.Head:
 				reason = ResyncAhead
-			case st.pastRetention(c.since):
+			case st.PastRetention(c.since):
 				reason = ResyncRetention
-			case st.head-c.since > h.cfg.ReplayMax:
+			case st.Head-c.since > h.cfg.ReplayMax:
 				reason = ResyncTooFar
 			}
 			if reason == "" {
 				return true
 			}
 			h.metrics.resync()
-			oldest := st.oldest
+			oldest := st.Oldest
 			if oldest == 0 {
-				oldest = st.head + 1
+				oldest = st.Head + 1
 			}
 			c.writeControl(encodeControl(TypeResyncRequired, ResyncData{OldestSeq: oldest, Reason: reason}))
 			c.mu.Lock()

@@ -20,6 +20,9 @@ const (
 	SocketSendBufferDefault  = 128 << 10
 	WriteTimeoutDefault      = 10 * time.Second
 	MetricsTopicsMaxDefault  = 64
+	SendBufferBytesDefault   = 512 << 10
+	CatchUpPageBytesDefault  = 1 << 20
+	CatchUpMemoryDefault     = 32 << 20
 )
 
 // Config configures the Hub. Zero values take the defaults.
@@ -47,6 +50,17 @@ type Config struct {
 	// fills, the session catches up instead, from the hub's recent frames
 	// in memory or else from the table.
 	SendBuffer int
+	// SendBufferBytes bounds the event bytes queued for one session (512
+	// KiB); past it the session catches up as when its queue is full. A
+	// frame larger than that still goes, alone. Live frames are shared by
+	// every recipient; catch-up frames are the session's own.
+	SendBufferBytes int
+	// CatchUpPageBytes bounds one table catch-up page (1 MiB), and
+	// CatchUpMemory what every catch-up of this hub holds at once (32 MiB):
+	// a page reserves twice its budget (rows and frames) until its last
+	// frame is queued; readers wait for room.
+	CatchUpPageBytes int
+	CatchUpMemory    int
 	// MaxMessageSize is the largest client frame, in bytes (4096); larger
 	// ones close the connection with 1009.
 	MaxMessageSize int64
@@ -84,6 +98,17 @@ func (c *Config) setDefaults() {
 	if c.SendBuffer <= controlReserve {
 		c.SendBuffer = SendBufferDefault
 	}
+	if c.SendBufferBytes <= 0 {
+		c.SendBufferBytes = SendBufferBytesDefault
+	}
+	if c.CatchUpPageBytes <= 0 {
+		c.CatchUpPageBytes = CatchUpPageBytesDefault
+	}
+	c.CatchUpPageBytes = max(c.CatchUpPageBytes, 2*maxRowBytes) // a page holds at least one row
+	if c.CatchUpMemory <= 0 {
+		c.CatchUpMemory = CatchUpMemoryDefault
+	}
+	c.CatchUpMemory = max(c.CatchUpMemory, 2*c.CatchUpPageBytes) // at least one page at a time
 	if c.MaxMessageSize <= 0 {
 		c.MaxMessageSize = MaxMessageSizeDefault
 	}

@@ -59,7 +59,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, db: db}
-	e.hub = New(auth, db.Pool, o.cfg)
+	e.hub = New(auth, relay.NewStore(db.Pool), o.cfg)
 	ctx := context.Background()
 	if err := e.hub.Start(ctx); err != nil {
 		t.Fatal(err)

@@ -186,7 +186,7 @@ func (h *Hub) relayStatus(ctx context.Context) (relay.Status, error) {
 	if !h.status.at.IsZero() && time.Since(h.status.at) < statusTTL {
 		return h.status.st, h.status.err
 	}
-	h.status.st, h.status.err = relay.ReadStatusTimeout(ctx, h.pool)
+	h.status.st, h.status.err = h.store.Status(ctx)
 	h.status.at = time.Now()
 	return h.status.st, h.status.err
 }
@@ -315,7 +315,7 @@ func (h *Hub) handleReady(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	checks := map[string]string{}
 	status := http.StatusOK
-	if err := h.pool.Ping(ctx); err != nil {
+	if err := h.store.Ping(ctx); err != nil {
 		checks["database"] = "unreachable"
 		status = http.StatusServiceUnavailable
 	} else {

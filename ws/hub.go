@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/olahol/melody"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/grupogad/outboxd/internal/startstop"
 	"github.com/grupogad/outboxd/relay"
@@ -27,7 +27,7 @@ type Hub struct {
 	startstop.Base
 	cfg     Config
 	auth    *Authenticator
-	pool    *pgxpool.Pool
+	store   Store
 	m       *melody.Melody
 	metrics *hubMetrics
 	tel     telemetry
@@ -56,6 +56,9 @@ type Hub struct {
 	closing atomic.Bool
 
 	connectLimiter *addrLimiter
+	// catchUpMem bounds the bytes all table catch-ups hold at once
+	// (Config.CatchUpMemory).
+	catchUpMem *semaphore.Weighted
 	handshakes     atomic.Int32 // handshakes in flight (Limits.MaxHandshakes)
 	recent         *recentFrames
 
@@ -67,10 +70,10 @@ type Hub struct {
 	}
 }
 
-// New returns a Hub. auth and pool are required.
-func New(auth *Authenticator, pool *pgxpool.Pool, cfg Config) *Hub {
+// New returns a Hub. auth and store are required.
+func New(auth *Authenticator, store Store, cfg Config) *Hub {
 	cfg.setDefaults()
-	h := &Hub{cfg: cfg, auth: auth, pool: pool, metrics: newHubMetrics(cfg.MetricsTopicsMax), routes: newRouting(),
+	h := &Hub{cfg: cfg, auth: auth, store: store, catchUpMem: semaphore.NewWeighted(int64(cfg.CatchUpMemory)), metrics: newHubMetrics(cfg.MetricsTopicsMax), routes: newRouting(),
 		connectLimiter: newAddrLimiter(cfg.Limits.ConnectRate, cfg.Limits.ConnectBurst),
 		recent:         newRecentFrames(recentMaxEvents, recentMaxBytes)}
 	m := melody.New()
@@ -128,9 +131,7 @@ func sessionClient(s *melody.Session) *client {
 // launches the token-expiry sweeper. It returns the head, which the
 // tailer should start after.
 func (h *Hub) Start(ctx context.Context) error {
-	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
-	defer cancel()
-	hist, err := relay.ReadHistory(qctx, h.pool)
+	hist, err := h.store.History(ctx)
 	if err != nil {
 		return fmt.Errorf("ws: %w", err)
 	}

@@ -395,9 +395,9 @@ func idleCPU(ctx context.Context, e *benchEnv) (result, error) {
 }
 
 // postgresTicks sums the CPU ticks of the PostgreSQL backends serving
-// outboxd (application_name outboxd), read from /proc.
+// outboxd (application_name outboxd…), read from /proc.
 func postgresTicks(ctx context.Context, pool *pgxpool.Pool) int64 {
-	rows, err := pool.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = 'outboxd'`)
+	rows, err := pool.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'outboxd%'`)
 	if err != nil {
 		return 0
 	}

@@ -67,7 +67,7 @@ func cmdEmit(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	pool, err := newPool(ctx, cfg)
+	pool, err := newPool(ctx, cfg, "", 0)
 	if err != nil {
 		return err
 	}

@@ -81,6 +81,19 @@ type Config struct {
 	HeartbeatInterval time.Duration `env:"HEARTBEAT_INTERVAL" envDefault:"30s"`
 	// WSSendBuffer is each session's live queue, in frames.
 	WSSendBuffer int `env:"WS_SEND_BUFFER" envDefault:"16"`
+	// WSSendBufferBytes bounds the event bytes queued for one session.
+	WSSendBufferBytes int `env:"WS_SEND_BUFFER_BYTES" envDefault:"524288"`
+	// CatchUpPageBytes bounds one catch-up page read from the table;
+	// CatchUpMemory what all catch-ups of the replica hold at once.
+	CatchUpPageBytes int `env:"CATCHUP_PAGE_BYTES" envDefault:"1048576"`
+	CatchUpMemory    int `env:"CATCHUP_MEMORY" envDefault:"33554432"`
+	// RelayBatchBytes bounds the payload bytes the tailer reads at once.
+	RelayBatchBytes int `env:"RELAY_BATCH_BYTES" envDefault:"4194304"`
+	// RelayDBConns and ReplayDBConns size the two connection pools: the
+	// relay's (sequencer, tailer, retention, readiness) and the clients'
+	// replay reads (their bound on concurrent reads).
+	RelayDBConns  int `env:"RELAY_DB_CONNS" envDefault:"4"`
+	ReplayDBConns int `env:"REPLAY_DB_CONNS" envDefault:"4"`
 	// WSMaxMessageSize is the largest client frame, in bytes.
 	WSMaxMessageSize int64 `env:"WS_MAX_MESSAGE_SIZE" envDefault:"4096"`
 	// RelayBatchSize is the most rows sequenced in one transaction.
@@ -309,6 +322,21 @@ func (c *Config) validate() []string {
 	}
 	if c.DatabaseWait < 0 {
 		p = append(p, fmt.Sprintf("DATABASE_WAIT: %s; want 0 (forever) or more", c.DatabaseWait))
+	}
+	for _, b := range []struct {
+		name     string
+		v, lo, h int
+	}{
+		{"WS_SEND_BUFFER_BYTES", c.WSSendBufferBytes, 16 << 10, 1 << 30},
+		{"CATCHUP_PAGE_BYTES", c.CatchUpPageBytes, 512 << 10, 1 << 30},
+		{"CATCHUP_MEMORY", c.CatchUpMemory, 2 * c.CatchUpPageBytes, 1 << 40},
+		{"RELAY_BATCH_BYTES", c.RelayBatchBytes, 256 << 10, 1 << 30},
+		{"RELAY_DB_CONNS", c.RelayDBConns, 3, 100},
+		{"REPLAY_DB_CONNS", c.ReplayDBConns, 1, 1000},
+	} {
+		if b.v < b.lo || b.v > b.h {
+			p = append(p, fmt.Sprintf("%s: %d; want %d to %d", b.name, b.v, b.lo, b.h))
+		}
 	}
 	if c.MetricsTopicsMax < 1 || c.MetricsTopicsMax > 10000 {
 		p = append(p, fmt.Sprintf("METRICS_TOPICS_MAX: %d; want 1 to 10000", c.MetricsTopicsMax))

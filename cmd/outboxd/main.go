@@ -127,18 +127,25 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	return 2
 }
 
-// newPool connects with the session settings of pgconfig.Apply.
-func newPool(ctx context.Context, cfg Config) (*pgxpool.Pool, error) {
+// newPool connects with the session settings of pgconfig.Apply; maxConns
+// 0 keeps pgxpool's default.
+func newPool(ctx context.Context, cfg Config, name string, maxConns int) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
 	pgconfig.Apply(pc)
+	if name != "" {
+		pc.ConnConfig.RuntimeParams["application_name"] = "outboxd " + name
+	}
+	if maxConns > 0 {
+		pc.MaxConns = int32(maxConns)
+	}
 	return pgxpool.NewWithConfig(ctx, pc)
 }
 
 func migrate(ctx context.Context, cfg Config, args []string, stdout io.Writer, logger *slog.Logger) error {
-	pool, err := newPool(ctx, cfg)
+	pool, err := newPool(ctx, cfg, "", 0)
 	if err != nil {
 		return err
 	}
@@ -234,11 +241,18 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	}()
 	outbox.SetTraceparentFunc(observability.Traceparent)
 
-	pool, err := newPool(ctx, cfg)
+	// Two pools: the relay's few connections never wait behind clients'
+	// replay reads, whose pool size bounds how many run at once.
+	pool, err := newPool(ctx, cfg, "relay", cfg.RelayDBConns)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
+	replayPool, err := newPool(ctx, cfg, "replay", cfg.ReplayDBConns)
+	if err != nil {
+		return err
+	}
+	defer replayPool.Close()
 	if err := waitForDatabase(ctx, pool, cfg.DatabaseWait, logger); err != nil {
 		return err
 	}
@@ -261,11 +275,12 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return err
 	}
 	readiness := &relay.Readiness{Querier: pool, StallAfter: cfg.RelayStallTimeout}
-	hub := ws.New(auth, pool, ws.Config{
+	hub := ws.New(auth, relay.NewStore(replayPool), ws.Config{
 		Production: cfg.Production(), TestTokens: cfg.TestTokensEnabled(), TrustedProxies: proxies,
 		HideRoleNames: cfg.StatsHideRoles, MetricsTopicsMax: cfg.MetricsTopicsMax,
 		AllowedOrigins:    cfg.AllowedOrigins,
-		HeartbeatInterval: cfg.HeartbeatInterval, SendBuffer: cfg.WSSendBuffer,
+		HeartbeatInterval: cfg.HeartbeatInterval, SendBuffer: cfg.WSSendBuffer, SendBufferBytes: cfg.WSSendBufferBytes,
+		CatchUpPageBytes: cfg.CatchUpPageBytes, CatchUpMemory: cfg.CatchUpMemory,
 		MaxMessageSize: cfg.WSMaxMessageSize, ReplayMax: cfg.ReplayMax, Logger: logger,
 		TracerProvider: tel.TracerProvider,
 		Limits: ws.Limits{
@@ -288,7 +303,8 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	seq := relay.NewSequencer(pool, relay.SequencerConfig{
 		BatchSize: cfg.RelayBatchSize, PollInterval: cfg.RelayPollInterval, Logger: logger,
 	})
-	tail := relay.NewTailer(pool, hub, relay.TailerConfig{StartAfter: &head, Epoch: hub.Epoch(), Logger: logger, OnPending: seq.Wake})
+	tail := relay.NewTailer(pool, hub, relay.TailerConfig{StartAfter: &head, Epoch: hub.Epoch(), BatchBytes: cfg.RelayBatchBytes,
+		Logger: logger, OnPending: seq.Wake})
 	readiness.Sequencer, readiness.Tailer, readiness.Dispatched, readiness.Epoch = seq, tail, hub.Head, hub.Epoch
 	ret := relay.NewRetention(pool, relay.RetentionConfig{Window: cfg.OutboxRetention, Logger: logger})
 	services := []service{tail, seq, ret}

@@ -182,7 +182,7 @@ func terminate(t *testing.T, db *dbtest.DB) int64 {
 	defer admin.Close()
 	var k int64
 	err = admin.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-		WHERE datname = $1 AND application_name = 'outboxd'`, db.Name).Scan(&k)
+		WHERE datname = $1 AND application_name LIKE 'outboxd%'`, db.Name).Scan(&k)
 	if err != nil {
 		t.Fatal(err)
 	}
