@@ -19,7 +19,7 @@ import (
 // Defaults for TailerConfig.
 const (
 	TailBatchSizeDefault  = 1000
-	TailBatchBytesDefault = 4 << 20
+	TailBatchBytesDefault = 1 << 20
 	FallbackPollDefault   = time.Second
 	ListenPingDefault     = 5 * time.Second
 )
@@ -28,7 +28,7 @@ const (
 type TailerConfig struct {
 	// BatchSize is the most events read and dispatched at once (1000).
 	BatchSize int
-	// BatchBytes bounds the payload bytes of one read (4 MiB): with rows of
+	// BatchBytes bounds the payload bytes of one read (1 MiB): with rows of
 	// up to 256 KiB, a batch of BatchSize rows could hold a gigabyte.
 	BatchBytes int
 	// FallbackPoll is how often the tailer reads without a notification (1 s).

@@ -62,6 +62,9 @@ type client struct {
 	// overBehind how far behind it was then; catch-up goroutine only.
 	overSince  time.Time
 	overBehind int64
+	// pageBudget is the byte budget of the next table page (catch-up
+	// goroutine only; see pageFromTable).
+	pageBudget int
 
 	// handshake is the connect span, ended once the upgrade is done.
 	handshake trace.Span
@@ -286,22 +289,31 @@ func (c *client) catchUp(resume bool) {
 
 // pageFromTable reads one page of entitled events after cursor and queues
 // them. The page holds a reservation on the hub's catch-up memory from the
-// read until its last frame is queued: its rows and their frames, at most
-// twice CatchUpPageBytes (a read stops at the budget, less one row of the
-// largest size). done is true when the session ended or was cut.
+// read until its last frame is queued: twice its byte budget (its rows and
+// their frames; a read stops at the budget less one row of the largest
+// size). The budget starts at two rows of the largest size and doubles,
+// up to CatchUpPageBytes, while pages come back full: clients replaying
+// small events hold little, those replaying large ones get large pages.
+// done is true when the session ended or was cut.
 func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int64, buf []relay.Event) (scannedTo int64, _ []relay.Event, done bool, err error) {
 	h := c.hub
-	reserve := int64(2 * h.cfg.CatchUpPageBytes)
+	budget := max(c.pageBudget, 2*maxRowBytes)
+	reserve := int64(2 * budget)
 	if err := h.catchUpMem.Acquire(ctx, reserve); err != nil {
 		return 0, buf, true, nil // ctx ended: the client went away
 	}
 	defer h.catchUpMem.Release(reserve)
 	page, buf, err := h.store.ReadEntitled(ctx, relay.ReplayQuery{
-		After: cursor, Span: catchUpBatch, MaxBytes: h.cfg.CatchUpPageBytes - maxRowBytes,
+		After: cursor, Span: catchUpBatch, MaxBytes: budget - maxRowBytes,
 		User: c.userID, Roles: c.roles,
 	}, buf)
 	if err != nil {
 		return 0, buf, false, err
+	}
+	if page.Bytes >= budget-maxRowBytes {
+		c.pageBudget = min(2*budget, h.cfg.CatchUpPageBytes)
+	} else {
+		c.pageBudget = 2 * maxRowBytes
 	}
 	h.metrics.pagesTable.Add(1)
 	if page.PastRetention(cursor) {

@@ -21,7 +21,7 @@ const (
 	WriteTimeoutDefault      = 10 * time.Second
 	MetricsTopicsMaxDefault  = 64
 	SendBufferBytesDefault   = 512 << 10
-	CatchUpPageBytesDefault  = 1 << 20
+	CatchUpPageBytesDefault  = 4 << 20
 	CatchUpMemoryDefault     = 32 << 20
 )
 
@@ -55,10 +55,11 @@ type Config struct {
 	// frame larger than that still goes, alone. Live frames are shared by
 	// every recipient; catch-up frames are the session's own.
 	SendBufferBytes int
-	// CatchUpPageBytes bounds one table catch-up page (1 MiB), and
+	// CatchUpPageBytes bounds one table catch-up page (4 MiB), and
 	// CatchUpMemory what every catch-up of this hub holds at once (32 MiB):
 	// a page reserves twice its budget (rows and frames) until its last
-	// frame is queued; readers wait for room.
+	// frame is queued; readers wait for room. A client's page budget starts
+	// at 512 KiB and grows only while its pages come back full.
 	CatchUpPageBytes int
 	CatchUpMemory    int
 	// MaxMessageSize is the largest client frame, in bytes (4096); larger

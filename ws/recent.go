@@ -31,7 +31,7 @@ type recentItem struct {
 // Bounds of the cache of recent frames.
 const (
 	recentMaxEvents = 8192
-	recentMaxBytes  = 8 << 20
+	recentMaxBytes  = 4 << 20
 )
 
 func newRecentFrames(maxEvents, maxBytes int) *recentFrames {

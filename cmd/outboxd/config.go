@@ -85,10 +85,10 @@ type Config struct {
 	WSSendBufferBytes int `env:"WS_SEND_BUFFER_BYTES" envDefault:"524288"`
 	// CatchUpPageBytes bounds one catch-up page read from the table;
 	// CatchUpMemory what all catch-ups of the replica hold at once.
-	CatchUpPageBytes int `env:"CATCHUP_PAGE_BYTES" envDefault:"1048576"`
+	CatchUpPageBytes int `env:"CATCHUP_PAGE_BYTES" envDefault:"4194304"`
 	CatchUpMemory    int `env:"CATCHUP_MEMORY" envDefault:"33554432"`
 	// RelayBatchBytes bounds the payload bytes the tailer reads at once.
-	RelayBatchBytes int `env:"RELAY_BATCH_BYTES" envDefault:"4194304"`
+	RelayBatchBytes int `env:"RELAY_BATCH_BYTES" envDefault:"1048576"`
 	// RelayDBConns and ReplayDBConns size the two connection pools: the
 	// relay's (sequencer, tailer, retention, readiness) and the clients'
 	// replay reads (their bound on concurrent reads).

@@ -39,7 +39,7 @@ func Build(dir string) (string, error) {
 }
 
 // RunWithBinary is a TestMain body: it builds outboxd into a temporary
-// directory, stores its path in *binary, runs the tests, checks for leaked
+// directory (or takes OUTBOXD_TEST_BINARY), stores its path in *binary, runs the tests, checks for leaked
 // goroutines, and returns the exit code.
 func RunWithBinary(m *testing.M, binary *string) int {
 	dir, err := os.MkdirTemp("", "outboxd-bin")
@@ -48,7 +48,9 @@ func RunWithBinary(m *testing.M, binary *string) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	if *binary, err = Build(dir); err != nil {
+	if b := os.Getenv("OUTBOXD_TEST_BINARY"); b != "" {
+		*binary = b // a prebuilt outboxd, e.g. an older one to compare
+	} else if *binary, err = Build(dir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
