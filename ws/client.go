@@ -84,8 +84,8 @@ type client struct {
 	inflight      atomic.Int32
 	inflightBytes atomic.Int64
 	sent          chan struct{} // poked by HandleSentMessage
-	done     chan struct{} // closed on disconnect
-	doneOnce sync.Once
+	done          chan struct{} // closed on disconnect
+	doneOnce      sync.Once
 
 	closeOnce sync.Once
 }

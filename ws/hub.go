@@ -59,8 +59,8 @@ type Hub struct {
 	// catchUpMem bounds the bytes all table catch-ups hold at once
 	// (Config.CatchUpMemory).
 	catchUpMem *semaphore.Weighted
-	handshakes     atomic.Int32 // handshakes in flight (Limits.MaxHandshakes)
-	recent         *recentFrames
+	handshakes atomic.Int32 // handshakes in flight (Limits.MaxHandshakes)
+	recent     *recentFrames
 
 	status struct { // relayStatus's cache
 		mu  sync.Mutex
