@@ -62,9 +62,11 @@ type client struct {
 	// overBehind how far behind it was then; catch-up goroutine only.
 	overSince  time.Time
 	overBehind int64
-	// pageBudget is the byte budget of the next table page (catch-up
-	// goroutine only; see pageFromTable).
+	// pageBudget is the byte budget of the next table page, and noSkip
+	// turns off the entitlement lookup on empty pages (catch-up goroutine
+	// only; see pageFromTable).
 	pageBudget int
+	noSkip     bool
 
 	// handshake is the connect span, ended once the upgrade is done.
 	handshake trace.Span
@@ -305,10 +307,15 @@ func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int
 	defer h.catchUpMem.Release(reserve)
 	page, buf, err := h.store.ReadEntitled(ctx, relay.ReplayQuery{
 		After: cursor, Span: catchUpBatch, MaxBytes: budget - maxRowBytes,
-		User: c.userID, Roles: c.roles,
+		User: c.userID, Roles: c.roles, SkipEmpty: !c.noSkip,
 	}, buf)
 	if err != nil {
 		return 0, buf, false, err
+	}
+	if len(buf) == 0 && page.Skipped < 4*catchUpBatch {
+		// The entitlement lookup gains little for this client (it is
+		// entitled to much): scan by ranges from here on.
+		c.noSkip = true
 	}
 	if page.Bytes >= budget-maxRowBytes {
 		c.pageBudget = min(2*budget, h.cfg.CatchUpPageBytes)

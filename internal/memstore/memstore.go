@@ -74,6 +74,7 @@ func (s *Store) ReadEntitled(_ context.Context, q relay.ReplayQuery, buf []relay
 	p := relay.Page{Position: s.position()}
 	end := min(s.head, q.After+int64(q.Span))
 	p.ScannedTo = max(q.After, end)
+	n := len(buf)
 	for _, e := range s.events {
 		if e.Seq <= q.After || e.Seq > end || !entitled(e, q.User, q.Roles) {
 			continue
@@ -83,6 +84,16 @@ func (s *Store) ReadEntitled(_ context.Context, q relay.ReplayQuery, buf []relay
 			p.ScannedTo = e.Seq
 			break
 		}
+	}
+	if q.SkipEmpty && len(buf) == n && p.ScannedTo < p.Head {
+		to := p.Head
+		for _, e := range s.events {
+			if e.Seq > p.ScannedTo && entitled(e, q.User, q.Roles) {
+				to = e.Seq - 1
+				break
+			}
+		}
+		p.Skipped, p.ScannedTo = to-p.ScannedTo, max(to, p.ScannedTo)
 	}
 	return p, buf, nil
 }
