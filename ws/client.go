@@ -188,7 +188,7 @@ func (c *client) closed() bool {
 }
 
 // closeWith sends a close frame straight on the connection — never through
-// melody's queue, which may be full (see DESIGN "Known traps") — and then
+// melody's queue, which may be full (see docs/design.md, "melody: known traps") — and then
 // closes it. WriteControl is safe concurrently with melody's writer. It runs
 // in the background: a slow client still reading gets the frame after the
 // data queued before it; a client whose socket stays full sees the

@@ -419,7 +419,7 @@ func (h *Hub) onMessage(s *melody.Session, b []byte) {
 
 func (h *Hub) onError(s *melody.Session, err error) {
 	// Never close from here: melody calls this handler from inside its
-	// own write path (see DESIGN "Known traps").
+	// own write path (see docs/design.md, "melody: known traps").
 	switch {
 	case errors.Is(err, melody.ErrMessageBufferFull):
 		h.metrics.sendError("queue_full")

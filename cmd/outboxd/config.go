@@ -22,7 +22,7 @@ import (
 // SECRET_KEY nor JWKS_URL is set, so the sidecar runs out of the box.
 const DevSecretKey = "outboxd-development-secret-change-me"
 
-// Config is outboxd's configuration, from the environment (DESIGN.md
+// Config is outboxd's configuration, from the environment (README,
 // "Configuration"). Every default is written in its tag.
 type Config struct {
 	// DatabaseURL is the PostgreSQL holding the outbox schema.
@@ -152,7 +152,7 @@ func (c *Config) SigningKey() (key string, dev bool) {
 	return DevSecretKey, true
 }
 
-// TestTokensEnabled reports whether POST /ws/_test/token mints (DESIGN,
+// TestTokensEnabled reports whether POST /ws/_test/token mints (the contract,
 // "Development endpoints"): never in production; otherwise with the
 // built-in development key, or with a real key only when TEST_TOKENS=true.
 func (c *Config) TestTokensEnabled() bool {

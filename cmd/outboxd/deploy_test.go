@@ -221,3 +221,102 @@ func connected(t *testing.T, p *proctest.Process) int {
 	}
 	return body.Stats.TotalConnections
 }
+
+// 2,000 clients resume at once while producers run: the relay keeps its own
+// connections (replay reads wait on theirs), nothing resets the pool, the
+// sequencer keeps numbering, and every client gets every event once, in
+// order.
+func TestResumeStormDoesNotStarveTheRelay(t *testing.T) {
+	t.Parallel()
+	const clients = 2000
+	db := dbtest.New(t)
+	p := startOutboxd(t, db, "LOG_LEVEL=info", "MAX_CONNECTIONS_PER_USER=0")
+	db.Exec(t, `SELECT outbox.emit('task_event', '{"n": 0}')`)
+	followers := make([]*proctest.Follower, clients)
+	tok, err := ws.MintHS256(testSecret, "operator", []string{"LEVEL_1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range followers {
+		followers[i] = proctest.Follow(t, tok, []string{p.Addr}, 0)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for connected(t, p) < clients {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d connected", connected(t, p), clients)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	db.Exec(t, `SELECT outbox.emit('task_event', '{"n": 1}')`)
+	for _, f := range followers {
+		f.WaitFor(2, time.Minute)
+	}
+
+	// Producers keep committing, one event per transaction, through the
+	// restart and the resume storm.
+	ctx, stop := context.WithCancel(context.Background())
+	produced := make(chan int64, 1)
+	go func() {
+		var n int64
+		defer func() { produced <- n }()
+		for ctx.Err() == nil && n < 3000 {
+			if _, err := db.Pool.Exec(ctx, `SELECT outbox.emit('task_event', jsonb_build_object('n', $1::int))`, n+2); err != nil {
+				if ctx.Err() == nil {
+					t.Errorf("producer: %v", err)
+				}
+				return
+			}
+			n++
+		}
+	}()
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.Wait()
+	restarted := startOutboxdAt(t, db, p.Addr, "LOG_LEVEL=info", "MAX_CONNECTIONS_PER_USER=0")
+	for connected(t, restarted) < clients {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d resumed", connected(t, restarted), clients)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stop()
+	n := <-produced
+	// An Exec cancelled by stop() may have committed: count the rows.
+	last := db.Int64(t, `SELECT count(*) FROM outbox.events`)
+	for _, f := range followers {
+		f.WaitFor(last, 2*time.Minute)
+	}
+	for i, f := range followers {
+		s := f.Stats()
+		if s.OutOfOrder != 0 || s.Seqs[len(s.Seqs)-1] != last {
+			t.Fatalf("follower %d: last %d of %d, %d out of order", i, s.Seqs[len(s.Seqs)-1], last, s.OutOfOrder)
+		}
+	}
+	if log := restarted.Stderr.String(); strings.Contains(log, "resetting the pool") {
+		t.Fatalf("a pool was reset during the resume storm:\n%s", log)
+	}
+	// The sequencer's batches while 2,000 clients resumed.
+	resp, err := http.Get("http://" + restarted.Addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var sum, count float64
+	for _, line := range strings.Split(string(body), "\n") {
+		fields := strings.Fields(line)
+		switch {
+		case len(fields) < 2:
+		case strings.HasPrefix(line, "outboxd_relay_batch_duration_seconds_sum"):
+			fmt.Sscan(fields[len(fields)-1], &sum)
+		case strings.HasPrefix(line, "outboxd_relay_batch_duration_seconds_count"):
+			fmt.Sscan(fields[len(fields)-1], &count)
+		}
+	}
+	if count == 0 {
+		t.Fatal("the restarted sequencer committed no batch")
+	}
+	t.Logf("%d events produced through the storm; the restarted sequencer committed %.0f batches, %.2f ms each on average",
+		n, count, sum/count*1000)
+}
