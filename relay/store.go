@@ -46,6 +46,8 @@ type ReplayQuery struct {
 	MaxBytes int
 	User     string
 	Roles    []string
+	// Topics is the client's topic filter (nil: every topic).
+	Topics []string
 	// SkipEmpty: when the range holds nothing for the client, ask the
 	// entitlement indexes (migration 00005) for the next seq it may see
 	// and cover everything before it. Cheap for a client entitled to
@@ -90,11 +92,14 @@ func (s *Store) Status(ctx context.Context) (Status, error) { return ReadStatusT
 // Ping checks that the database answers.
 func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
 
-// entitledFilter matches rows for a client with user $2 and roles $3:
-// broadcasts (both targets NULL), or an overlap with its user or roles. An
-// empty array is an empty set: it matches nobody.
+// entitledFilter matches rows for a client with user $2, roles $3 and topic
+// filter $5 (NULL: every topic): broadcasts (both targets NULL), or an
+// overlap with its user or roles — an empty array is an empty set, it
+// matches nobody — and never control rows (topics outboxd.*).
 const entitledFilter = `((e.target_users IS NULL AND e.target_roles IS NULL)
-   OR e.target_users && $2::text[] OR e.target_roles && $3::text[])`
+   OR e.target_users && $2::text[] OR e.target_roles && $3::text[])
+   AND ($5::text[] IS NULL OR e.topic = ANY ($5::text[]))
+   AND e.topic NOT LIKE 'outboxd.%'`
 
 // replaySQL reads, in one snapshot, the head, the oldest retained seq and
 // the entitled events in the seq RANGE ($1, min($1+$4, head)]. Bounding the
@@ -123,7 +128,7 @@ func (s *Store) ReadEntitled(ctx context.Context, q ReplayQuery, buf []Event) (P
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	var p Page
-	rows, err := s.pool.Query(ctx, replaySQL, q.After, []string{q.User}, q.Roles, q.Span)
+	rows, err := s.pool.Query(ctx, replaySQL, q.After, []string{q.User}, q.Roles, q.Span, q.Topics)
 	if err != nil {
 		return p, buf, err
 	}

@@ -2,6 +2,7 @@ package ws
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -80,6 +81,12 @@ type client struct {
 	mu     sync.Mutex
 	state  clientState
 	cursor int64 // every seq ≤ cursor was delivered or is not for this client
+	// topics is the session's topic filter (nil: every topic). It changes
+	// only with the session out of the routing index (Hub.subscribe), under
+	// both the hub lock and mu; filterGen counts the changes, so that a
+	// catch-up page read under the old filter is not written under the new.
+	topics    map[string]struct{}
+	filterGen uint64
 
 	// inflight counts frames queued in melody and not yet written, so that a
 	// write never meets a full melody queue (which would drop the frame).
@@ -236,7 +243,7 @@ func (c *client) catchUp(resume bool) {
 	defer wait.Stop()
 	for !c.closed() {
 		c.mu.Lock()
-		cursor := c.cursor
+		cursor, topics, gen := c.cursor, c.topicList(), c.filterGen
 		// Rejoin live once every announced event is covered: Dispatch
 		// announces head before delivering, so any event not covered by
 		// cursor reaches us live from now on.
@@ -253,12 +260,19 @@ func (c *client) catchUp(resume bool) {
 		// the table.
 		var scannedTo int64
 		var fromMemory bool
-		if mem, to, ok := h.recent.after(cursor, catchUpBatch, c, memBuf[:0]); ok {
+		refiltered := false
+		if mem, to, ok := h.recent.after(cursor, catchUpBatch, c, topics, memBuf[:0]); ok {
 			memBuf, scannedTo, fromMemory = mem, to, true
 			h.metrics.pagesMemory.Add(1)
 			for i := range memBuf {
-				if !c.writeCaughtUp(ctx, wait, memBuf[i].seq, memBuf[i].frame, memBuf[i].topic) {
+				switch c.writeCaughtUp(ctx, wait, memBuf[i].seq, memBuf[i].frame, memBuf[i].topic, gen) {
+				case writeStop:
 					return
+				case writeRefiltered:
+					refiltered = true
+				}
+				if refiltered {
+					break
 				}
 			}
 		}
@@ -268,7 +282,7 @@ func (c *client) catchUp(resume bool) {
 			}
 			var err error
 			var done bool
-			scannedTo, buf, done, err = c.pageFromTable(ctx, wait, cursor, buf[:0])
+			scannedTo, buf, done, refiltered, err = c.pageFromTable(ctx, wait, cursor, topics, gen, buf[:0])
 			if done {
 				return
 			}
@@ -282,6 +296,9 @@ func (c *client) catchUp(resume bool) {
 				continue
 			}
 			bo.Reset()
+		}
+		if refiltered {
+			continue // the filter changed mid-page: read on from the cursor under the new one
 		}
 		c.mu.Lock()
 		c.cursor = max(c.cursor, scannedTo)
@@ -297,20 +314,21 @@ func (c *client) catchUp(resume bool) {
 // up to CatchUpPageBytes, while pages come back full: clients replaying
 // small events hold little, those replaying large ones get large pages.
 // done is true when the session ended or was cut.
-func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int64, buf []relay.Event) (scannedTo int64, _ []relay.Event, done bool, err error) {
+func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int64, topics []string, gen uint64,
+	buf []relay.Event) (scannedTo int64, _ []relay.Event, done, refiltered bool, err error) {
 	h := c.hub
 	budget := max(c.pageBudget, 2*maxRowBytes)
 	reserve := int64(2 * budget)
 	if err := h.catchUpMem.Acquire(ctx, reserve); err != nil {
-		return 0, buf, true, nil // ctx ended: the client went away
+		return 0, buf, true, false, nil // ctx ended: the client went away
 	}
 	defer h.catchUpMem.Release(reserve)
 	page, buf, err := h.store.ReadEntitled(ctx, relay.ReplayQuery{
 		After: cursor, Span: catchUpBatch, MaxBytes: budget - maxRowBytes,
-		User: c.userID, Roles: c.roles, SkipEmpty: !c.noSkip,
+		User: c.userID, Roles: c.roles, Topics: topics, SkipEmpty: !c.noSkip,
 	}, buf)
 	if err != nil {
-		return 0, buf, false, err
+		return 0, buf, false, false, err
 	}
 	if len(buf) == 0 && page.Skipped < 4*catchUpBatch {
 		// The entitlement lookup gains little for this client (it is
@@ -327,32 +345,81 @@ func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int
 		if c.closeWith(ClosePastRetention) {
 			h.metrics.drop("past_retention")
 		}
-		return 0, buf, true, nil
+		return 0, buf, true, false, nil
 	}
 	for i := range buf {
-		if !c.writeCaughtUp(ctx, wait, buf[i].Seq, encodeEvent(&buf[i]), buf[i].Topic) {
-			return 0, buf, true, nil
+		switch c.writeCaughtUp(ctx, wait, buf[i].Seq, encodeEvent(&buf[i]), buf[i].Topic, gen) {
+		case writeStop:
+			return 0, buf, true, false, nil
+		case writeRefiltered:
+			return 0, buf, false, true, nil
 		}
 		buf[i].Payload = nil // the frame has it now
 	}
-	return page.ScannedTo, buf, false, nil
+	return page.ScannedTo, buf, false, false, nil
 }
 
 // writeCaughtUp queues one caught-up frame when the queue has room; false
 // if the client went away or was cut.
-func (c *client) writeCaughtUp(ctx context.Context, wait *time.Timer, seq int64, frame []byte, topic string) bool {
+type writeResult int
+
+const (
+	written         writeResult = iota
+	writeStop                   // the client went away or was cut
+	writeRefiltered             // the filter changed since the page was read: nothing written
+)
+
+func (c *client) writeCaughtUp(ctx context.Context, wait *time.Timer, seq int64, frame []byte, topic string, gen uint64) writeResult {
 	if !c.waitForRoom(ctx, wait, len(frame)) {
-		return false
+		return writeStop
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.filterGen != gen {
+		c.unreserve(len(frame))
+		return writeRefiltered
+	}
 	if err := c.out.Write(frame); err != nil {
 		c.unreserve(len(frame))
-		return false
+		return writeStop
 	}
 	c.cursor = seq
 	c.hub.metrics.queued(topic, 1)
-	return true
+	return written
+}
+
+// topicList is the filter as a list (nil: every topic); c.mu held.
+func (c *client) topicList() []string {
+	if c.topics == nil {
+		return nil
+	}
+	out := make([]string, 0, len(c.topics))
+	for t := range c.topics {
+		out = append(out, t)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// wants reports whether the filter lets topic through; c.mu held, or the
+// hub lock (the filter changes only under both).
+func (c *client) wants(topic string) bool {
+	if c.topics == nil {
+		return true
+	}
+	_, ok := c.topics[topic]
+	return ok
+}
+
+func topicSet(topics []string) map[string]struct{} {
+	if topics == nil {
+		return nil
+	}
+	set := make(map[string]struct{}, len(topics))
+	for _, t := range topics {
+		set[t] = struct{}{}
+	}
+	return set
 }
 
 // waitForRoom blocks until the melody queue has room for an event. It

@@ -46,6 +46,9 @@ type Hub struct {
 	everyoneVersion uint64
 	everyoneValid   bool
 	targeted        []*client
+	// routedSeq is the last event whose recipients were copied: written by
+	// Dispatch under the read lock, read under the write lock.
+	routedSeq int64
 	// epoch is the history head belongs to (outbox.epoch()).
 	epoch atomic.Pointer[string]
 
@@ -278,19 +281,27 @@ func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
 func (h *Hub) recipientsOf(e *relay.Event) []*client {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
+	h.routedSeq = e.Seq
 	if e.Broadcast() {
 		if !h.everyoneValid || h.everyoneVersion != h.routes.version {
 			h.everyone = h.everyone[:0]
-			for c := range h.routes.all {
+			for c := range h.routes.open {
 				h.everyone = append(h.everyone, c)
 			}
 			h.everyoneVersion, h.everyoneValid = h.routes.version, true
+		}
+		if subs := h.routes.byTopic[e.Topic]; len(subs) > 0 {
+			h.targeted = append(h.targeted[:0], h.everyone...)
+			for c := range subs {
+				h.targeted = append(h.targeted, c)
+			}
+			return h.targeted
 		}
 		return h.everyone
 	}
 	h.gen++
 	h.targeted = h.targeted[:0]
-	h.routes.each(e.Users, e.Roles, h.gen, func(c *client) { h.targeted = append(h.targeted, c) })
+	h.routes.each(e.Topic, e.Users, e.Roles, h.gen, func(c *client) { h.targeted = append(h.targeted, c) })
 	return h.targeted
 }
 
@@ -363,7 +374,7 @@ func (h *Hub) admit(c *client) bool {
 	switch {
 	case l.MaxConnections > 0 && len(h.routes.all) >= l.MaxConnections:
 		over = "too_many_connections"
-	case l.MaxConnectionsPerUser > 0 && len(h.routes.byUser[c.userID]) >= l.MaxConnectionsPerUser:
+	case l.MaxConnectionsPerUser > 0 && h.routes.users[c.userID] >= l.MaxConnectionsPerUser:
 		over = "too_many_connections_for_user"
 	}
 	if over == "" {
@@ -383,7 +394,7 @@ func (h *Hub) overLimit(userID string) (int, string) {
 	switch {
 	case l.MaxConnections > 0 && len(h.routes.all) >= l.MaxConnections:
 		return http.StatusServiceUnavailable, "too_many_connections"
-	case l.MaxConnectionsPerUser > 0 && len(h.routes.byUser[userID]) >= l.MaxConnectionsPerUser:
+	case l.MaxConnectionsPerUser > 0 && h.routes.users[userID] >= l.MaxConnectionsPerUser:
 		return http.StatusTooManyRequests, "too_many_connections_for_user"
 	}
 	return 0, ""
@@ -410,11 +421,42 @@ func (h *Hub) onMessage(s *melody.Session, b []byte) {
 	if !c.allowFrame() {
 		return
 	}
-	if _, bad := DecodeClientMessage(b); bad != nil {
+	msg, bad := DecodeClientMessage(b)
+	if bad != nil {
 		c.writeControl(encodeControl(TypeError, bad))
 		return
 	}
-	c.writeControl(encodeControl(TypePong, nil))
+	switch msg.Type {
+	case "subscribe":
+		h.subscribe(c, msg.Data.Topics)
+	default:
+		c.writeControl(encodeControl(TypePong, nil))
+	}
+}
+
+// subscribe replaces c's topic filter (nil: every topic) and answers
+// subscribed with the seq N from which it applies: every event up to N was
+// delivered under the old filter, every event after N follows the new one.
+// Under the hub lock no event is being routed: for a live session N is the
+// last event routed (all of them reached it or were not for it), and the
+// next is routed under the new filter. A catching-up session's N is its
+// cursor; it drops the page it read under the old filter and reads on.
+func (h *Hub) subscribe(c *client, topics []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.routes.remove(c) {
+		return // closing
+	}
+	c.mu.Lock()
+	c.topics = topicSet(topics)
+	c.filterGen++
+	if c.state == stateLive {
+		c.cursor = max(c.cursor, h.routedSeq)
+	}
+	c.writeControl(encodeControl(TypeSubscribed, SubscribedData{Topics: topics, Seq: c.cursor}))
+	c.mu.Unlock()
+	h.routes.add(c)
+	h.metrics.subscribes.Add(1)
 }
 
 func (h *Hub) onError(s *melody.Session, err error) {

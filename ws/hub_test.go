@@ -487,8 +487,10 @@ func TestClientFrames(t *testing.T) {
 	expectError(ErrCodeBadJSON)
 	send(`[1,2]`)
 	expectError(ErrCodeBadJSON)
-	send(`{"type":"subscribe"}`)
+	send(`{"type":"unsubscribe"}`)
 	expectError(ErrCodeUnknownType)
+	send(`{"type":"subscribe","data":{"topics":["Not A Topic"]}}`)
+	expectError(ErrCodeInvalidTopics)
 	send(`{}`)
 	expectError(ErrCodeUnknownType)
 	if err := cl.conn.WriteMessage(websocket.BinaryMessage, []byte{1, 2}); err != nil {

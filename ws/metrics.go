@@ -18,6 +18,7 @@ type hubMetrics struct {
 	pagesMemory   atomic.Int64 // catch-up pages served from recent frames
 	pagesTable    atomic.Int64 // catch-up pages read from the table
 	resyncs       atomic.Int64
+	subscribes    atomic.Int64 // subscribe messages applied
 
 	mu         sync.Mutex
 	drops      map[string]int64 // closes by reason

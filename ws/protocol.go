@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"regexp"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/grupogad/outboxd/relay"
@@ -17,6 +20,7 @@ const (
 	TypePong           = "pong"
 	TypeError          = "error"
 	TypeNotification   = "notification"
+	TypeSubscribed     = "subscribed"
 )
 
 // CloseError is a documented reason the server closes a connection.
@@ -44,6 +48,10 @@ var (
 	// client reconnects and, resuming with its old epoch, is told to resync.
 	CloseHistoryChanged = CloseError{1012, "outbox history changed: reconnect"}
 )
+
+// ReservedTopicPrefix starts the topics of control rows (outbox.disconnect):
+// never delivered as frames, never subscribable.
+const ReservedTopicPrefix = "outboxd."
 
 // timestampLayout is RFC 3339 in UTC with microseconds, as the seed's clients expect.
 const timestampLayout = "2006-01-02T15:04:05.000000Z07:00"
@@ -121,19 +129,70 @@ type NotificationData struct {
 	Level   string `json:"level"`
 }
 
+// SubscribedData answers a subscribe: events with seq > Seq follow Topics
+// (nil: every topic).
+type SubscribedData struct {
+	Topics []string `json:"topics"`
+	Seq    int64    `json:"seq"`
+}
+
 // Client frame errors, as ErrorData codes.
 const (
-	ErrCodeBadJSON     = "bad_json"
-	ErrCodeUnknownType = "unknown_type"
+	ErrCodeBadJSON       = "bad_json"
+	ErrCodeUnknownType   = "unknown_type"
+	ErrCodeInvalidTopics = "invalid_topics"
 )
 
-// ClientMessage is a frame a client may send.
+// ClientMessage is a frame a client may send: {"type":"ping"}, or
+// {"type":"subscribe","data":{"topics":[…]|null}}.
 type ClientMessage struct {
 	Type string `json:"type"`
+	Data struct {
+		Topics []string `json:"topics"`
+	} `json:"data"`
+}
+
+// MaxTopics bounds a topic filter.
+const MaxTopics = 64
+
+var topicRE = regexp.MustCompile(`^[a-z][a-z0-9_.-]{0,63}$`)
+
+// CheckTopics validates a topic filter: at most MaxTopics names, each in the
+// topic format, none reserved (outboxd.*). Duplicates are dropped; the
+// result is sorted. nil stays nil (every topic).
+func CheckTopics(topics []string) ([]string, error) {
+	if topics == nil {
+		return nil, nil
+	}
+	if len(topics) > MaxTopics {
+		return nil, fmt.Errorf("at most %d topics, got %d", MaxTopics, len(topics))
+	}
+	out := make([]string, 0, len(topics))
+	for _, t := range topics {
+		if !topicRE.MatchString(t) {
+			return nil, fmt.Errorf("topic %q does not match %s", truncate(t, 70), topicRE)
+		}
+		if strings.HasPrefix(t, ReservedTopicPrefix) {
+			return nil, fmt.Errorf("topic %q is reserved", t)
+		}
+		out = append(out, t)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// ParseTopics parses the topics query parameter: a comma list (empty or
+// absent: every topic).
+func ParseTopics(s string) ([]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	return CheckTopics(strings.Split(s, ","))
 }
 
 // DecodeClientMessage parses a client frame. It accepts a JSON object with a
-// string "type"; the only type is "ping". The error is an ErrorData.
+// string "type": "ping", or "subscribe" with data.topics. The error is an
+// ErrorData.
 func DecodeClientMessage(b []byte) (ClientMessage, *ErrorData) {
 	var m ClientMessage
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -149,6 +208,13 @@ func DecodeClientMessage(b []byte) (ClientMessage, *ErrorData) {
 	switch m.Type {
 	case "ping":
 		return m, nil
+	case "subscribe":
+		topics, err := CheckTopics(m.Data.Topics)
+		if err != nil {
+			return m, &ErrorData{Code: ErrCodeInvalidTopics, Message: err.Error()}
+		}
+		m.Data.Topics = topics
+		return m, nil
 	case "":
 		return m, &ErrorData{Code: ErrCodeUnknownType, Message: "missing \"type\""}
 	}
@@ -156,7 +222,7 @@ func DecodeClientMessage(b []byte) (ClientMessage, *ErrorData) {
 	if len(t) > 64 {
 		t = t[:64] + "…"
 	}
-	return m, &ErrorData{Code: ErrCodeUnknownType, Message: fmt.Sprintf("unknown message type %q; supported: ping", t)}
+	return m, &ErrorData{Code: ErrCodeUnknownType, Message: fmt.Sprintf("unknown message type %q; supported: ping, subscribe", t)}
 }
 
 // ParseSince parses the since query parameter: empty means live only, else a

@@ -71,10 +71,11 @@ func (r *recentFrames) reset() {
 	r.start, r.n, r.bytes = 0, 0, 0
 }
 
-// after appends to buf the frames for c with seq in (after, after+span],
+// after appends to buf the frames for c (entitled, and in topics unless
+// nil) with seq in (after, after+span],
 // if the cache holds seq after+1; it returns the last seq it covered, or
 // ok=false when the table must be read instead.
-func (r *recentFrames) after(after int64, span int, c *client, buf []recentItem) (_ []recentItem, scannedTo int64, ok bool) {
+func (r *recentFrames) after(after int64, span int, c *client, topics []string, buf []recentItem) (_ []recentItem, scannedTo int64, ok bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	if r.n == 0 {
@@ -90,7 +91,7 @@ func (r *recentFrames) after(after int64, span int, c *client, buf []recentItem)
 		if it.seq > scannedTo {
 			break
 		}
-		if c.entitled(it.users, it.roles) {
+		if it.frame != nil && c.entitled(it.users, it.roles) && (topics == nil || slices.Contains(topics, it.topic)) {
 			buf = append(buf, *it)
 		}
 	}

@@ -1,23 +1,35 @@
 package ws
 
-// routing is the index from targets to clients: an event reaches the union
-// of byUser[u] for its users and byRole[r] for its roles, or all clients for
-// a broadcast, so its cost is O(recipients), never a scan of every session.
+// routing is the index from targets to clients. An event reaches the union
+// of its users' and roles' sessions, or every session for a broadcast —
+// among the sessions without a topic filter — plus the sessions whose
+// filter names its topic and that are entitled to it. So its cost is
+// O(recipients), never a scan of every session: a session subscribed to a
+// few topics is not visited for events of the others, and an event on a
+// topic few subscribe to does not visit every session of its role.
 // Guarded by Hub.mu.
 type routing struct {
-	all    map[*client]struct{}
-	byUser map[string]map[*client]struct{}
-	byRole map[string]map[*client]struct{}
-	noRole int // clients without a role
-	// version changes whenever a client is added or removed.
+	all     map[*client]struct{}            // every session
+	open    map[*client]struct{}            // sessions without a topic filter
+	byUser  map[string]map[*client]struct{} // open sessions by user
+	byRole  map[string]map[*client]struct{} // open sessions by role
+	byTopic map[string]map[*client]struct{} // filtered sessions by each topic of their filter
+	users   map[string]int                  // every session, by user
+	roles   map[string]int                  // every session, by role
+	noRole  int                             // sessions without a role
+	// version changes whenever a session is added or removed.
 	version uint64
 }
 
 func newRouting() routing {
 	return routing{
-		all:    map[*client]struct{}{},
-		byUser: map[string]map[*client]struct{}{},
-		byRole: map[string]map[*client]struct{}{},
+		all:     map[*client]struct{}{},
+		open:    map[*client]struct{}{},
+		byUser:  map[string]map[*client]struct{}{},
+		byRole:  map[string]map[*client]struct{}{},
+		byTopic: map[string]map[*client]struct{}{},
+		users:   map[string]int{},
+		roles:   map[string]int{},
 	}
 }
 
@@ -39,15 +51,34 @@ func removeFrom(m map[string]map[*client]struct{}, k string, c *client) {
 	}
 }
 
+func count(m map[string]int, k string, d int) {
+	if m[k] += d; m[k] <= 0 {
+		delete(m, k)
+	}
+}
+
+// add indexes c under its current filter (c.topics, which may change only
+// while c is removed).
 func (r *routing) add(c *client) {
 	r.all[c] = struct{}{}
 	r.version++
+	count(r.users, c.userID, 1)
+	for _, role := range c.roles {
+		count(r.roles, role, 1)
+	}
 	if len(c.roles) == 0 {
 		r.noRole++
 	}
-	addTo(r.byUser, c.userID, c)
-	for _, role := range c.roles {
-		addTo(r.byRole, role, c)
+	if c.topics == nil {
+		r.open[c] = struct{}{}
+		addTo(r.byUser, c.userID, c)
+		for _, role := range c.roles {
+			addTo(r.byRole, role, c)
+		}
+		return
+	}
+	for t := range c.topics {
+		addTo(r.byTopic, t, c)
 	}
 }
 
@@ -57,26 +88,32 @@ func (r *routing) remove(c *client) bool {
 	}
 	delete(r.all, c)
 	r.version++
+	count(r.users, c.userID, -1)
+	for _, role := range c.roles {
+		count(r.roles, role, -1)
+	}
 	if len(c.roles) == 0 {
 		r.noRole--
 	}
-	removeFrom(r.byUser, c.userID, c)
-	for _, role := range c.roles {
-		removeFrom(r.byRole, role, c)
+	if c.topics == nil {
+		delete(r.open, c)
+		removeFrom(r.byUser, c.userID, c)
+		for _, role := range c.roles {
+			removeFrom(r.byRole, role, c)
+		}
+		return true
+	}
+	for t := range c.topics {
+		removeFrom(r.byTopic, t, c)
 	}
 	return true
 }
 
-// each calls fn once for every client targeted by users and roles (all
-// clients when both are nil, i.e. NULL; empty sets reach nobody). gen must
-// be new for every call: a client matching several targets is visited once.
-func (r *routing) each(users, roles []string, gen uint64, fn func(*client)) {
-	if users == nil && roles == nil {
-		for c := range r.all {
-			fn(c)
-		}
-		return
-	}
+// each calls fn once for every session an event of topic with targets
+// users and roles reaches (both nil, i.e. NULL: a broadcast; empty sets
+// reach nobody). gen must be new for every call: a session matching
+// several targets is visited once.
+func (r *routing) each(topic string, users, roles []string, gen uint64, fn func(*client)) {
 	visit := func(set map[*client]struct{}) {
 		for c := range set {
 			if c.mark != gen {
@@ -85,10 +122,20 @@ func (r *routing) each(users, roles []string, gen uint64, fn func(*client)) {
 			}
 		}
 	}
-	for _, u := range users {
-		visit(r.byUser[u])
+	if users == nil && roles == nil {
+		visit(r.open)
+	} else {
+		for _, u := range users {
+			visit(r.byUser[u])
+		}
+		for _, role := range roles {
+			visit(r.byRole[role])
+		}
 	}
-	for _, role := range roles {
-		visit(r.byRole[role])
+	for c := range r.byTopic[topic] {
+		if c.mark != gen && c.entitled(users, roles) {
+			c.mark = gen
+			fn(c)
+		}
 	}
 }

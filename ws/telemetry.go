@@ -57,6 +57,7 @@ func (h *Hub) initTelemetry() {
 	connects, _ := m.Int64ObservableCounter("outboxd.ws.connects", metric.WithDescription("Accepted WebSocket connections."))
 	rejections, _ := m.Int64ObservableCounter("outboxd.ws.rejections", metric.WithDescription("Refused connection attempts by reason."))
 	sent, _ := m.Int64ObservableCounter("outboxd.ws.messages.sent", metric.WithDescription("Event and notification frames handed to sessions, by topic."))
+	subscriptions, _ := m.Int64ObservableGauge("outboxd.ws.subscriptions", metric.WithDescription("Sessions with a topic filter."))
 	sendErrors, _ := m.Int64ObservableCounter("outboxd.ws.send.errors", metric.WithDescription("Frames that could not be sent, by reason."))
 	drops, _ := m.Int64ObservableCounter("outboxd.ws.drops", metric.WithDescription("Sessions closed by the server, by reason."))
 	broadcasts, _ := m.Int64ObservableCounter("outboxd.ws.broadcasts", metric.WithDescription("Test broadcasts."))
@@ -73,9 +74,10 @@ func (h *Hub) initTelemetry() {
 	_, _ = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		h.mu.RLock()
 		o.ObserveInt64(sessions, int64(len(h.routes.all)))
-		o.ObserveInt64(users, int64(len(h.routes.byUser)))
-		for role, set := range h.routes.byRole {
-			o.ObserveInt64(byRole, int64(len(set)), metric.WithAttributes(attribute.String("role", role)))
+		o.ObserveInt64(users, int64(len(h.routes.users)))
+		o.ObserveInt64(subscriptions, int64(len(h.routes.all)-len(h.routes.open)))
+		for role, n := range h.routes.roles {
+			o.ObserveInt64(byRole, int64(n), metric.WithAttributes(attribute.String("role", role)))
 		}
 		noRole := h.routes.noRole
 		h.mu.RUnlock()
@@ -112,7 +114,7 @@ func (h *Hub) initTelemetry() {
 			o.ObserveFloat64(oldest, st.Lag)
 		}
 		return nil
-	}, sessions, byRole, users, connects, rejections, sent, sendErrors, drops, broadcasts, catchUps, resyncs, pages,
+	}, sessions, byRole, users, subscriptions, connects, rejections, sent, sendErrors, drops, broadcasts, catchUps, resyncs, pages,
 		head, dispatched, lag, pending, oldest)
 }
 

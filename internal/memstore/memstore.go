@@ -8,6 +8,7 @@ package memstore
 import (
 	"context"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/grupogad/outboxd/relay"
@@ -76,7 +77,8 @@ func (s *Store) ReadEntitled(_ context.Context, q relay.ReplayQuery, buf []relay
 	p.ScannedTo = max(q.After, end)
 	n := len(buf)
 	for _, e := range s.events {
-		if e.Seq <= q.After || e.Seq > end || !entitled(e, q.User, q.Roles) {
+		if e.Seq <= q.After || e.Seq > end || !entitled(e, q.User, q.Roles) ||
+			strings.HasPrefix(e.Topic, "outboxd.") || (q.Topics != nil && !slices.Contains(q.Topics, e.Topic)) {
 			continue
 		}
 		buf = append(buf, e)
