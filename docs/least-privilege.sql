@@ -23,5 +23,6 @@ CREATE ROLE outboxd_producer LOGIN PASSWORD 'change-me';
 GRANT USAGE ON SCHEMA outbox TO outboxd_producer;
 GRANT EXECUTE ON FUNCTION outbox.emit(text, jsonb, text[], text[], text),
                           outbox.emit_batch(text[], jsonb[], jsonb[], jsonb[], text[]),
+                          outbox.disconnect(text[], text),
                           outbox.head(), outbox.epoch()
   TO outboxd_producer;

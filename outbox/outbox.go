@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
@@ -15,6 +16,10 @@ import (
 
 // MaxPayloadBytes is the largest payload accepted, as serialised JSON.
 const MaxPayloadBytes = 256 << 10
+
+// ReservedTopicPrefix starts the topics of outboxd's control rows (see
+// Disconnect); events cannot use it.
+const ReservedTopicPrefix = "outboxd."
 
 // MaxTraceparentBytes bounds the stored trace context.
 const MaxTraceparentBytes = 512
@@ -77,6 +82,9 @@ func (ev Event) Validate() error {
 func (ev Event) encode(ctx context.Context) (encoded, error) {
 	if !topicRE.MatchString(ev.Topic) {
 		return encoded{}, fmt.Errorf("%w: topic %q must match %s", ErrInvalidEvent, ev.Topic, topicRE)
+	}
+	if strings.HasPrefix(ev.Topic, ReservedTopicPrefix) {
+		return encoded{}, fmt.Errorf("%w: topic %q is reserved for outboxd's control rows", ErrInvalidEvent, ev.Topic)
 	}
 	var payload []byte
 	switch d := ev.Data.(type) {
@@ -202,6 +210,25 @@ func EmitBatch(ctx context.Context, tx Executor, evs []Event) ([]int64, error) {
 		return nil, fmt.Errorf("outbox: inserted %d rows for %d events", len(ids), len(evs))
 	}
 	return ids, nil
+}
+
+// Disconnect closes, with WebSocket close code 4003 and reason, every live
+// session of users, on every replica, once each has been given every event
+// committed before this transaction. Call it in the transaction that
+// changes their permissions (as its last statement, like Emit): the cut
+// happens if and only if the change commits, and the browser then asks the
+// app for a new token. users must not be empty.
+func Disconnect(ctx context.Context, tx Executor, users []string, reason string) error {
+	if len(users) == 0 || slices.Contains(users, "") {
+		return fmt.Errorf("%w: Disconnect needs non-empty user ids", ErrInvalidEvent)
+	}
+	if reason == "" {
+		reason = "revoked"
+	}
+	if _, err := tx.Exec(ctx, `SELECT outbox.disconnect($1, $2)`, users, reason); err != nil {
+		return translate(err)
+	}
+	return nil
 }
 
 func jsonArray(ss []string) *string {

@@ -87,6 +87,14 @@ type client struct {
 	// catch-up page read under the old filter is not written under the new.
 	topics    map[string]struct{}
 	filterGen uint64
+	// closeAt is the seq of an outbox.disconnect for this session (0:
+	// none), and closeAs its close: the session is closed once it has every
+	// event before closeAt (cursor ≥ closeAt-1) and its queue is empty, and
+	// is given nothing after closeAt. closing mirrors closeAt ≠ 0 for
+	// onSent, which must not take mu on every frame.
+	closeAt int64
+	closeAs CloseError
+	closing atomic.Bool
 
 	// inflight counts frames queued in melody and not yet written, so that a
 	// write never meets a full melody queue (which would drop the frame).
@@ -150,7 +158,7 @@ func (c *client) writeControl(frame []byte) bool {
 func (c *client) deliverLive(seq int64, frame []byte) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state != stateLive || seq <= c.cursor {
+	if c.state != stateLive || seq <= c.cursor || (c.closeAt != 0 && seq > c.closeAt) {
 		return false
 	}
 	if !c.reserve(int32(c.hub.cfg.SendBuffer-controlReserve), len(frame), true) {
@@ -170,6 +178,9 @@ func (c *client) deliverLive(seq int64, frame []byte) bool {
 func (c *client) onSent(frame []byte) {
 	c.hub.observeSent(frame)
 	c.unreserve(len(frame))
+	if c.closing.Load() {
+		c.closeIfDrained()
+	}
 	select {
 	case c.sent <- struct{}{}:
 	default:
@@ -224,6 +235,11 @@ const closeWriteWait = 2 * time.Second
 // too-old cursor gets resync_required instead of a close.
 func (c *client) catchUp(resume bool) {
 	h := c.hub
+	defer func() {
+		if c.closing.Load() {
+			c.closeIfDrained()
+		}
+	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
@@ -244,6 +260,13 @@ func (c *client) catchUp(resume bool) {
 	for !c.closed() {
 		c.mu.Lock()
 		cursor, topics, gen := c.cursor, c.topicList(), c.filterGen
+		if c.closeAt != 0 && cursor >= c.closeAt-1 {
+			// Every event before the disconnect is queued: close once sent.
+			c.cursor = max(c.cursor, c.closeAt)
+			c.mu.Unlock()
+			c.closeIfDrained()
+			return
+		}
 		// Rejoin live once every announced event is covered: Dispatch
 		// announces head before delivering, so any event not covered by
 		// cursor reaches us live from now on.
@@ -375,6 +398,13 @@ func (c *client) writeCaughtUp(ctx context.Context, wait *time.Timer, seq int64,
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closeAt != 0 && seq > c.closeAt {
+		// Disconnected at closeAt: pages come in seq order, so every
+		// event before it is queued; nothing after it goes.
+		c.unreserve(len(frame))
+		c.cursor = max(c.cursor, c.closeAt)
+		return writeStop
+	}
 	if c.filterGen != gen {
 		c.unreserve(len(frame))
 		return writeRefiltered
@@ -386,6 +416,37 @@ func (c *client) writeCaughtUp(ctx context.Context, wait *time.Timer, seq int64,
 	c.cursor = seq
 	c.hub.metrics.queued(topic, 1)
 	return written
+}
+
+// disconnectAfter schedules the close of an outbox.disconnect at seq. A
+// live session has been given every earlier event (Dispatch routes in
+// order), so only its queue must drain; a catching-up one first reads up to
+// seq.
+func (c *client) disconnectAfter(seq int64, ce CloseError) {
+	c.mu.Lock()
+	if c.state == stateClosed || (c.closeAt != 0 && c.closeAt <= seq) {
+		c.mu.Unlock()
+		return
+	}
+	c.closeAt, c.closeAs = seq, ce
+	if c.state == stateLive {
+		c.cursor = max(c.cursor, seq)
+	}
+	c.closing.Store(true)
+	c.mu.Unlock()
+	c.closeIfDrained()
+}
+
+// closeIfDrained closes the session for its scheduled disconnect once it
+// has every event before closeAt and nothing left in its queue.
+func (c *client) closeIfDrained() {
+	c.mu.Lock()
+	ready := c.closeAt != 0 && c.cursor >= c.closeAt-1 && c.inflight.Load() == 0
+	ce := c.closeAs
+	c.mu.Unlock()
+	if ready && c.closeWith(ce) {
+		c.hub.metrics.drop("disconnected")
+	}
 }
 
 // topicList is the filter as a list (nil: every topic); c.mu held.

@@ -314,7 +314,7 @@ func (e *env) connections() int {
 func (e *env) userConnections(user string) int {
 	e.hub.mu.RLock()
 	defer e.hub.mu.RUnlock()
-	return e.hub.routes.users[user]
+	return len(e.hub.routes.byUser[user])
 }
 
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {

@@ -165,7 +165,7 @@ func (h *Hub) Stats(ctx context.Context) Stats {
 	s := Stats{
 		TotalConnections:  len(h.routes.all),
 		ConnectionsByRole: make(map[string]int, len(h.routes.roles)),
-		UniqueUsers:       len(h.routes.users),
+		UniqueUsers:       len(h.routes.byUser),
 		HeartbeatActive:   true,
 		HeartbeatInterval: int(h.cfg.HeartbeatInterval / time.Second),
 	}

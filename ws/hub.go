@@ -2,6 +2,7 @@ package ws
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -244,7 +245,11 @@ func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
 	frames := make([][]byte, len(events))
 	for i := range events {
 		if e := &events[i]; e.Seq > h.dispatched {
-			frames[i] = encodeEvent(e)
+			// A control row keeps its place in the recent frames, without a
+			// frame: it is never delivered.
+			if !strings.HasPrefix(e.Topic, ReservedTopicPrefix) {
+				frames[i] = encodeEvent(e)
+			}
 			h.recent.add(recentItem{seq: e.Seq, topic: e.Topic, frame: frames[i], users: e.Users, roles: e.Roles})
 		}
 	}
@@ -254,6 +259,11 @@ func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
 	for i := range events {
 		e := &events[i]
 		if e.Seq <= h.dispatched {
+			continue
+		}
+		if strings.HasPrefix(e.Topic, ReservedTopicPrefix) {
+			h.control(e)
+			h.dispatched = e.Seq
 			continue
 		}
 		span := h.startProcessSpan(ctx, e)
@@ -273,6 +283,32 @@ func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
 	clear(h.everyone)
 	h.everyone, h.everyoneValid = h.everyone[:0], false
 	return nil
+}
+
+// control acts on a control row (topic outboxd.*), in seq order.
+func (h *Hub) control(e *relay.Event) {
+	if e.Topic != TopicDisconnect {
+		h.cfg.Logger.Warn("unknown control row ignored", "topic", e.Topic, "seq", e.Seq)
+		return
+	}
+	var d struct {
+		Reason string `json:"reason"`
+	}
+	_ = json.Unmarshal(e.Payload, &d)
+	ce := CloseError{CloseRevoked.Code, closeReason(d.Reason, CloseRevoked.Reason)}
+	h.mu.RLock()
+	h.routedSeq = e.Seq
+	var sessions []*client
+	for _, u := range e.Users {
+		for c := range h.routes.byUser[u] {
+			sessions = append(sessions, c)
+		}
+	}
+	h.mu.RUnlock()
+	for _, c := range sessions {
+		c.disconnectAfter(e.Seq, ce)
+	}
+	h.cfg.Logger.Info("disconnect", "users", len(e.Users), "sessions", len(sessions), "seq", e.Seq)
 }
 
 // recipientsOf copies e's recipients under the hub's read lock: every
@@ -374,7 +410,7 @@ func (h *Hub) admit(c *client) bool {
 	switch {
 	case l.MaxConnections > 0 && len(h.routes.all) >= l.MaxConnections:
 		over = "too_many_connections"
-	case l.MaxConnectionsPerUser > 0 && h.routes.users[c.userID] >= l.MaxConnectionsPerUser:
+	case l.MaxConnectionsPerUser > 0 && len(h.routes.byUser[c.userID]) >= l.MaxConnectionsPerUser:
 		over = "too_many_connections_for_user"
 	}
 	if over == "" {
@@ -394,7 +430,7 @@ func (h *Hub) overLimit(userID string) (int, string) {
 	switch {
 	case l.MaxConnections > 0 && len(h.routes.all) >= l.MaxConnections:
 		return http.StatusServiceUnavailable, "too_many_connections"
-	case l.MaxConnectionsPerUser > 0 && h.routes.users[userID] >= l.MaxConnectionsPerUser:
+	case l.MaxConnectionsPerUser > 0 && len(h.routes.byUser[userID]) >= l.MaxConnectionsPerUser:
 		return http.StatusTooManyRequests, "too_many_connections_for_user"
 	}
 	return 0, ""

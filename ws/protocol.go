@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/grupogad/outboxd/relay"
 )
@@ -30,6 +31,7 @@ const (
 //	1009  message too big (WS_MAX_MESSAGE_SIZE)     fix the client
 //	1012  outbox history changed (database restored) reconnect with since and epoch: resync_required follows
 //	4001  token expired                             refresh the token, reconnect
+//	4003  revoked (outbox.disconnect)               ask the app for a new token; stop if there is none
 //	4008  too far behind, past retention, or slow   reconnect with since: nothing is lost
 type CloseError struct {
 	Code   int
@@ -44,6 +46,10 @@ var (
 	CloseTokenExpired  = CloseError{4001, "token expired"}
 	CloseTooFarBehind  = CloseError{4008, "too far behind: reconnect with since"}
 	ClosePastRetention = CloseError{4008, "past retention: reconnect with since"}
+	// CloseRevoked: outbox.disconnect cut the user's sessions (their
+	// permissions changed); the client asks the app for a new token. The
+	// reason is the one given to outbox.disconnect.
+	CloseRevoked = CloseError{4003, "revoked"}
 	// CloseHistoryChanged: the database was restored or recreated; the
 	// client reconnects and, resuming with its old epoch, is told to resync.
 	CloseHistoryChanged = CloseError{1012, "outbox history changed: reconnect"}
@@ -51,7 +57,23 @@ var (
 
 // ReservedTopicPrefix starts the topics of control rows (outbox.disconnect):
 // never delivered as frames, never subscribable.
-const ReservedTopicPrefix = "outboxd."
+const (
+	ReservedTopicPrefix = "outboxd."
+	TopicDisconnect     = "outboxd.disconnect"
+)
+
+// closeReason fits a close reason in a close frame (123 bytes after the
+// code), at a UTF-8 boundary; empty takes def.
+func closeReason(r, def string) string {
+	if r == "" {
+		return def
+	}
+	for len(r) > 123 {
+		_, size := utf8.DecodeLastRuneInString(r)
+		r = r[:len(r)-size]
+	}
+	return r
+}
 
 // timestampLayout is RFC 3339 in UTC with microseconds, as the seed's clients expect.
 const timestampLayout = "2006-01-02T15:04:05.000000Z07:00"

@@ -11,10 +11,9 @@ package ws
 type routing struct {
 	all     map[*client]struct{}            // every session
 	open    map[*client]struct{}            // sessions without a topic filter
-	byUser  map[string]map[*client]struct{} // open sessions by user
+	byUser  map[string]map[*client]struct{} // every session by user (a user has few)
 	byRole  map[string]map[*client]struct{} // open sessions by role
 	byTopic map[string]map[*client]struct{} // filtered sessions by each topic of their filter
-	users   map[string]int                  // every session, by user
 	roles   map[string]int                  // every session, by role
 	noRole  int                             // sessions without a role
 	// version changes whenever a session is added or removed.
@@ -28,7 +27,6 @@ func newRouting() routing {
 		byUser:  map[string]map[*client]struct{}{},
 		byRole:  map[string]map[*client]struct{}{},
 		byTopic: map[string]map[*client]struct{}{},
-		users:   map[string]int{},
 		roles:   map[string]int{},
 	}
 }
@@ -62,7 +60,7 @@ func count(m map[string]int, k string, d int) {
 func (r *routing) add(c *client) {
 	r.all[c] = struct{}{}
 	r.version++
-	count(r.users, c.userID, 1)
+	addTo(r.byUser, c.userID, c)
 	for _, role := range c.roles {
 		count(r.roles, role, 1)
 	}
@@ -71,7 +69,6 @@ func (r *routing) add(c *client) {
 	}
 	if c.topics == nil {
 		r.open[c] = struct{}{}
-		addTo(r.byUser, c.userID, c)
 		for _, role := range c.roles {
 			addTo(r.byRole, role, c)
 		}
@@ -88,7 +85,7 @@ func (r *routing) remove(c *client) bool {
 	}
 	delete(r.all, c)
 	r.version++
-	count(r.users, c.userID, -1)
+	removeFrom(r.byUser, c.userID, c)
 	for _, role := range c.roles {
 		count(r.roles, role, -1)
 	}
@@ -97,7 +94,6 @@ func (r *routing) remove(c *client) bool {
 	}
 	if c.topics == nil {
 		delete(r.open, c)
-		removeFrom(r.byUser, c.userID, c)
 		for _, role := range c.roles {
 			removeFrom(r.byRole, role, c)
 		}
@@ -116,7 +112,7 @@ func (r *routing) remove(c *client) bool {
 func (r *routing) each(topic string, users, roles []string, gen uint64, fn func(*client)) {
 	visit := func(set map[*client]struct{}) {
 		for c := range set {
-			if c.mark != gen {
+			if c.mark != gen && c.topics == nil { // filtered ones: below
 				c.mark = gen
 				fn(c)
 			}

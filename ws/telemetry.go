@@ -74,7 +74,7 @@ func (h *Hub) initTelemetry() {
 	_, _ = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		h.mu.RLock()
 		o.ObserveInt64(sessions, int64(len(h.routes.all)))
-		o.ObserveInt64(users, int64(len(h.routes.users)))
+		o.ObserveInt64(users, int64(len(h.routes.byUser)))
 		o.ObserveInt64(subscriptions, int64(len(h.routes.all)-len(h.routes.open)))
 		for role, n := range h.routes.roles {
 			o.ObserveInt64(byRole, int64(n), metric.WithAttributes(attribute.String("role", role)))
