@@ -78,4 +78,3 @@ func BenchmarkRelayBacklog_100k_Batch5000(b *testing.B) { benchBacklog(b, 100000
 func BenchmarkRelayBacklog_100k_Batch5000_NoEntitlementIndexes(b *testing.B) {
 	benchBacklog(b, 100000, 5000, `DROP INDEX outbox.events_targets_idx; DROP INDEX outbox.events_broadcast_seq_idx`)
 }
-

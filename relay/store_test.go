@@ -81,5 +81,5 @@ func benchSparseReplay(b *testing.B, skip bool) {
 	b.ReportMetric(float64(reads)/float64(b.N), "reads/op")
 }
 
-func BenchmarkReplaySparse_100k_Ranges(b *testing.B)     { benchSparseReplay(b, false) }
+func BenchmarkReplaySparse_100k_Ranges(b *testing.B)    { benchSparseReplay(b, false) }
 func BenchmarkReplaySparse_100k_SkipEmpty(b *testing.B) { benchSparseReplay(b, true) }

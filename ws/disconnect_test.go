@@ -102,4 +102,3 @@ func TestDisconnectAfterEarlierEvents(t *testing.T) {
 		t.Fatal("Disconnect of nobody accepted")
 	}
 }
-

@@ -50,6 +50,21 @@ def emit(session, topic, data, users=None, roles=None, traceparent=None):
     ).scalar_one()
 
 
+_DISCONNECT = text("SELECT outbox.disconnect(CAST(:users AS text[]), :reason)")
+
+
+def disconnect(session, users, reason="revoked"):
+    """Close every live session of these users (WebSocket code 4003, reason)
+    once they have every event committed before this transaction, on every
+    outboxd replica. Call it in the transaction that changes their
+    permissions: the cut happens if and only if the change commits, and the
+    browser then asks the app for a new token."""
+    users = list(users)
+    if not users:
+        raise ValueError("disconnect: users must not be empty")
+    session.execute(_DISCONNECT, {"users": users, "reason": reason})
+
+
 def queue_event(session, topic, data, users=None, roles=None):
     """Remember an event to emit at commit (see install_hooks).
 

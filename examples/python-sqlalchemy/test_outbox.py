@@ -7,7 +7,7 @@ import unittest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from outbox import emit, install_hooks, queue_event
+from outbox import disconnect, emit, install_hooks, queue_event
 
 
 def _url():
@@ -59,6 +59,26 @@ class EmitTargets(unittest.TestCase):
             rows = conn.execute(text("SELECT payload, target_users FROM outbox.events ORDER BY id OFFSET :n"),
                                 {"n": before}).all()
         self.assertEqual([(r.payload, r.target_users) for r in rows], [({"n": 3}, [])])
+
+
+class Disconnect(unittest.TestCase):
+    def test_writes_a_control_row_in_the_transaction(self):
+        engine = create_engine(_url())
+        try:
+            with Session(engine) as session, session.begin():
+                disconnect(session, ["u7"], "role changed")
+            with Session(engine) as session:
+                session.execute(text("SELECT 1"))
+                disconnect(session, ["u8"])
+                session.rollback()
+            with engine.connect() as conn:
+                rows = conn.execute(text("SELECT payload, target_users FROM outbox.events WHERE topic = 'outboxd.disconnect' ORDER BY id")).all()
+            self.assertEqual([(r.payload, r.target_users) for r in rows], [({"reason": "role changed"}, ["u7"])])
+            with Session(engine) as session:
+                with self.assertRaises(ValueError):
+                    disconnect(session, [])
+        finally:
+            engine.dispose()
 
 
 if __name__ == "__main__":
