@@ -181,4 +181,31 @@ func TestBrowserPageLiveAndResume(t *testing.T) {
 		t.Fatalf("the page was replayed events of another history:\n%s", log)
 	}
 	shot("browser-e2e-resync.png")
+
+	// The topic selector: only the checked topics arrive, from the seq the
+	// server answers with.
+	if err := chromedp.Do(ctx,
+		chromedp.Click(`#topics input[value="efectivo_event"]`),
+		chromedp.Click("#apply-topics"),
+	); err != nil {
+		t.Fatal(err)
+	}
+	waitText("#log", "subscribed to dashboard_event, system_event, task_event from seq")
+	db.Exec(t, `SELECT outbox.emit('efectivo_event', '{"efectivo_id": 99, "filtered": "FILTERED-OUT"}')`)
+	db.Exec(t, `SELECT outbox.emit('task_event', '{"titulo": "after the filter"}')`)
+	waitText("#log", "after the filter")
+	if log, err := chromedp.Run(ctx, chromedp.TextContent("#log")); err != nil || strings.Contains(log, "FILTERED-OUT") {
+		t.Fatalf("an event outside the filter reached the page (%v):\n%s", err, log)
+	}
+
+	// The app revokes the user (outbox.disconnect) and has no new token for
+	// it: the page stops instead of reconnecting.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("token").value = ""`)); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `SELECT outbox.disconnect(ARRAY['op7'], 'permissions changed')`)
+	waitText("#state", "closed")
+	waitText("#status-line", "closed (4003: revoked; no new token)")
+	waitText("#log", "connection closed (4003: permissions changed)")
+	shot("browser-e2e-revoked.png")
 }

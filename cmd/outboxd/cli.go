@@ -93,6 +93,7 @@ func cmdTail(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 	roles := fs.String("roles", "", "comma list of roles for a minted token")
 	since := fs.Int64("since", -1, "resume after this seq (-1: live only)")
 	epoch := fs.String("epoch", "", "the history --since belongs to (welcome.epoch or outbox.epoch()); another one gets resync_required")
+	topics := fs.String("topics", "", "comma list of topics to receive (default: every topic)")
 	count := fs.Int("count", 0, "exit after this many events (0: no limit)")
 	duration := fs.Duration("duration", 0, "exit after this long (0: no limit)")
 	if err := fs.Parse(args); err != nil {
@@ -112,7 +113,7 @@ func cmdTail(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 		defer cancel()
 	}
 	seen := 0
-	r := &wsclient.Resumer{URLs: []string{*addr}, Token: *token, Since: *since, Epoch: *epoch}
+	r := &wsclient.Resumer{URLs: []string{*addr}, Token: *token, Since: *since, Epoch: *epoch, Topics: splitList(*topics)}
 	r.OnFrame = func(f wsclient.Frame) error {
 		if f.Duplicate {
 			return nil // dedupe by seq

@@ -14,7 +14,10 @@
  *     onState: (state, info) => show(state),   // connecting | open | reconnecting | closed
  *     onMessage: (msg) => {},                  // control frames: welcome, notification, error, pong
  *     tokenIn: "protocol",                     // default: Sec-WebSocket-Protocol outboxd.token.<JWT>; "query": ?token=
+ *     topics: ["task_event"],                  // optional topic filter (default: every topic)
  *   });
+ *   client.subscribe(["task_event", "system_event"]); // change it at run time (null: every topic);
+ *                                                     // kept across reconnects
  *   client.connect();
  *
  * Guarantees, with outboxd: after any disconnect the client reconnects with
@@ -23,6 +26,8 @@
  * database that was restored or recreated answers resync_required (reason
  * "epoch") instead of replaying other events under the same seqs. Close codes:
  * 4001 (token expired) asks getToken for a fresh token and reconnects at once;
+ * 4003 (revoked by the app: outbox.disconnect) asks getToken too, and stops
+ * if it gets none;
  * 4008 (too far behind), 1001 (server shutdown) and 1012 (history changed)
  * reconnect at once with since; anything else reconnects with jittered
  * exponential backoff.
@@ -44,6 +49,7 @@
     this.tokenIn = opts.tokenIn === "query" ? "query" : "protocol";
     this.lastSeq = typeof opts.since === "number" ? opts.since : null;
     this.epoch = typeof opts.epoch === "string" && opts.epoch !== "" ? opts.epoch : null;
+    this.topics = Array.isArray(opts.topics) ? opts.topics.slice() : null;
     this.onEvent = opts.onEvent || function () {};
     this.onMessage = opts.onMessage || function () {};
     this.onState = opts.onState || function () {};
@@ -72,14 +78,26 @@
     this._open();
   };
 
+  // subscribe replaces the topic filter (null: every topic). It is sent at
+  // once when connected and kept for every reconnect; the server answers
+  // with a "subscribed" frame (onMessage) naming the seq it applies from.
+  OutboxdClient.prototype.subscribe = function (topics) {
+    this.topics = Array.isArray(topics) ? topics.slice() : null;
+    if (this._ws && this._ws.readyState === 1) {
+      this._ws.send(JSON.stringify({ type: "subscribe", data: { topics: this.topics } }));
+    }
+  };
+
   // close stops for good (no reconnect).
-  OutboxdClient.prototype.close = function () {
+  OutboxdClient.prototype.close = function (info) {
     this._stopped = true;
     clearTimeout(this._timer);
     clearInterval(this._ping);
     if (this._ws) this._ws.close(1000, "client closed");
     this._ws = null;
-    this._setState("closed", { since: this.lastSeq });
+    info = info || {};
+    info.since = this.lastSeq;
+    this._setState("closed", info);
   };
 
   OutboxdClient.prototype._open = async function () {
@@ -89,9 +107,12 @@
     try {
       token = await self.getToken();
     } catch (e) {
+      if (self._revoked) return self.close({ code: 4003, reason: "revoked; getToken failed: " + e });
       return self._retry({ reason: "getToken failed: " + e });
     }
     if (self._stopped) return;
+    if (self._revoked && !token) return self.close({ code: 4003, reason: "revoked; no new token" });
+    self._revoked = false;
     // The token travels as a subprotocol by default: it stays out of URLs,
     // and so out of proxy access logs and browser history.
     var params = [];
@@ -100,6 +121,7 @@
       params.push("since=" + self.lastSeq);
       if (self.epoch !== null) params.push("epoch=" + encodeURIComponent(self.epoch));
     }
+    if (self.topics !== null) params.push("topics=" + self.topics.map(encodeURIComponent).join(","));
     var url = self.url + (params.length ? (self.url.indexOf("?") < 0 ? "?" : "&") + params.join("&") : "");
     var ws;
     try {
@@ -115,7 +137,8 @@
       self._ws = null;
       if (self._stopped) return;
       var info = { code: e.code, reason: e.reason, since: self.lastSeq };
-      if (e.code === 4001 || e.code === 4008 || e.code === 1001 || e.code === 1012) {
+      if (e.code === 4003) self._revoked = true; // the app changed this user's rights: ask it for a token
+      if (e.code === 4001 || e.code === 4003 || e.code === 4008 || e.code === 1001 || e.code === 1012) {
         self.attempt = Math.max(self.attempt, 1);
         return self._retry(info, 0); // at once, with since (and a fresh token)
       }

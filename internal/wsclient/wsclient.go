@@ -57,6 +57,9 @@ type Resumer struct {
 	// welcome, so a restored or recreated database answers resync_required
 	// instead of replaying other events under the same seqs.
 	Epoch string
+	// Topics is the topic filter (nil: every topic), sent on every
+	// connection.
+	Topics []string
 
 	last    int64
 	started bool
@@ -128,6 +131,9 @@ func (r *Resumer) once(ctx context.Context, raw string) error {
 		if r.Epoch != "" {
 			q.Set("epoch", r.Epoch)
 		}
+	}
+	if r.Topics != nil {
+		q.Set("topics", strings.Join(r.Topics, ","))
 	}
 	u.RawQuery = q.Encode()
 	d := websocket.Dialer{HandshakeTimeout: r.HandshakeTimeout}
