@@ -4,11 +4,13 @@
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
+COPY outbox/go.mod outbox/go.sum ./outbox/
 RUN go mod download
 COPY . .
 ARG VERSION=dev
+# The demo producer is a module of its own (examples/go-producer/go.mod).
 RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/outboxd ./cmd/outboxd \
- && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/go-producer ./examples/go-producer
+ && cd examples/go-producer && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/go-producer .
 
 FROM gcr.io/distroless/static-debian12:nonroot AS producer
 COPY --from=build /out/go-producer /go-producer

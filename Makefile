@@ -30,6 +30,8 @@ build: ## Build bin/outboxd
 test: test-deps ## go vet, then every test with -race against the real PostgreSQL (chaos short forms included)
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags pgrestart ./internal/chaos
+	@# The producer library is a module of its own (outbox/go.mod).
+	cd outbox && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 	@# Restarts the PostgreSQL cluster: alone, after every other test.
 	$(GO) test -race -count=1 -timeout 5m -tags pgrestart -run '^TestPostgresRestart$$' ./internal/chaos
@@ -43,6 +45,7 @@ test-race: test ## Same as test (tests always run with -race)
 
 .PHONY: test-short
 test-short: db-up ## Tests without -race, for a quick loop
+	cd outbox && $(GO) test -count=1 ./...
 	$(GO) test -count=1 $(PKGS)
 
 .PHONY: bench
@@ -59,6 +62,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s)
 lint: ## gofmt, go vet and staticcheck (installed on demand)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet $(PKGS)
+	cd outbox && $(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
 
 .PHONY: db-reset

@@ -11,6 +11,13 @@
 //	efectivo_event   availability changed (to everyone)
 //	dashboard_event  counters refreshed (to role admin)
 //	system_event     an alert every 25 operations (to everyone)
+//
+// It is a module of its own that needs only the producer library (go get
+// github.com/grupogad/outboxd/outbox), pgx and, for tracing, the
+// OpenTelemetry SDK: with OTEL_EXPORTER_OTLP_ENDPOINT set, every operation
+// is a span, its traceparent is stored with the event, and outboxd's
+// "process <topic>" span links to it, so a trace viewer shows producer →
+// outboxd.
 package main
 
 import (
@@ -25,9 +32,39 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 
 	"github.com/grupogad/outboxd/outbox"
 )
+
+// setupTracing exports spans over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT
+// is set (the exporter reads the standard OTEL_* variables), and tells the
+// outbox library how to read the current span's W3C traceparent.
+func setupTracing(ctx context.Context) (shutdown func(context.Context) error, err error) {
+	outbox.SetTraceparentFunc(func(ctx context.Context) string {
+		c := propagation.MapCarrier{}
+		propagation.TraceContext{}.Inject(ctx, c)
+		return c["traceparent"]
+	})
+	if os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") == "" && os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == "" {
+		return func(context.Context) error { return nil }, nil
+	}
+	exp, err := otlptracehttp.New(ctx)
+	if err != nil {
+		return nil, err
+	}
+	name := envOr("OTEL_SERVICE_NAME", "go-producer")
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp),
+		sdktrace.WithResource(resource.NewSchemaless(semconv.ServiceName(name))))
+	otel.SetTracerProvider(tp)
+	return tp.Shutdown, nil
+}
 
 const schema = `
 CREATE TABLE IF NOT EXISTS demo_tasks (
@@ -55,7 +92,15 @@ func main() {
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *url, *count, *rate, *users); err != nil {
+	shutdown, err := setupTracing(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = run(ctx, *url, *count, *rate, *users)
+	if serr := shutdown(context.Background()); serr != nil {
+		log.Printf("go-producer: flushing spans: %v", serr)
+	}
+	if err != nil {
 		log.Fatal(err)
 	}
 }
@@ -91,8 +136,13 @@ func run(ctx context.Context, url string, count int, rate float64, users int) er
 			case <-tick:
 			}
 		}
-		op := operation(r, i, users)
-		if err := pgx.BeginFunc(ctx, pool, op); err != nil {
+		// One span per operation: the event's traceparent points at it.
+		octx, span := otel.Tracer("go-producer").Start(ctx, "demo operation")
+		span.SetAttributes(attribute.Int("demo.operation", i))
+		op := operation(octx, r, i, users)
+		err := pgx.BeginFunc(octx, pool, op)
+		span.End()
+		if err != nil {
 			return fmt.Errorf("operation %d: %w", i, err)
 		}
 	}
@@ -101,8 +151,7 @@ func run(ctx context.Context, url string, count int, rate float64, users int) er
 }
 
 // operation picks the next change; each writes the model, then emits.
-func operation(r *rand.Rand, i, users int) func(pgx.Tx) error {
-	ctx := context.Background()
+func operation(ctx context.Context, r *rand.Rand, i, users int) func(pgx.Tx) error {
 	switch {
 	case i%25 == 24:
 		return func(tx pgx.Tx) error {

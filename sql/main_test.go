@@ -1,4 +1,4 @@
-package outbox_test
+package sql_test
 
 import (
 	"testing"
