@@ -17,10 +17,16 @@ Two ways to do it:
     install_hooks(Session)
     queue_event(session, "efectivo_event", {"efectivo_id": 7, "disponible": False})
     session.commit()
+
+    # 3. declare it on the model: changes of tracked rows become events,
+    #    emitted at commit in the same transaction, once per row and commit
+    track(Task, "task_event", on=("insert", "update"), fields=("status",),
+          roles=["LEVEL_1"], users=lambda task: [task.assignee])
+    install_hooks(Session)
 """
 import json
 
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
 
 _EMIT = text(
     "SELECT outbox.emit(:topic, CAST(:payload AS jsonb), CAST(:users AS text[]), "
@@ -42,7 +48,7 @@ def emit(session, topic, data, users=None, roles=None, traceparent=None):
         _EMIT,
         {
             "topic": topic,
-            "payload": json.dumps(data),
+            "payload": json.dumps(data, default=str),
             "users": None if users is None else list(users),
             "roles": None if roles is None else list(roles),
             "traceparent": traceparent,
@@ -77,14 +83,136 @@ def queue_event(session, topic, data, users=None, roles=None):
     session.info.setdefault(_QUEUE_KEY, []).append((topic, data, users, roles))
 
 
+_TRACKED = []  # TrackSpec, in declaration order
+_CHANGES_KEY = "outboxd.tracked"
+_ACTIONS = {"insert": "created", "update": "updated", "delete": "deleted"}
+
+
+class TrackSpec:
+    def __init__(self, model, topic, on, fields, users, roles, payload):
+        unknown = set(on) - set(_ACTIONS)
+        if unknown:
+            raise ValueError("track: on must be among insert, update, delete; got %s" % sorted(unknown))
+        self.model, self.topic, self.on = model, topic, tuple(on)
+        self.fields = tuple(fields) if fields is not None else None
+        self.users, self.roles, self.payload = users, roles, payload
+
+
+def track(model, topic, on=("insert", "update"), fields=None, users=None, roles=None, payload=None):
+    """Declare that changes of `model` rows are events of `topic`.
+
+    on:      which changes count: "insert", "update", "delete".
+    fields:  for updates, only changes of these attributes count (default:
+             any column); they are also the values an insert carries.
+    users, roles: the targets, each a list or a callable(row) -> list. An
+             empty list reaches nobody; both None reaches everyone.
+    payload: callable(row, action, changes) -> dict; by default
+             {"action": "created"|"updated"|"deleted", "id": <primary key>,
+              <field>: <value>…, "changes": {<field>: {"old", "new"}}}.
+
+    The events are queued by an after_flush listener and emitted by
+    install_hooks()'s before_commit hook, in the same transaction, once per
+    row and commit (two flushes that change a row give one event, with the
+    first old value and the last new one); a rollback drops them. Call
+    install_hooks(YourSessionClass) once.
+    """
+    spec = TrackSpec(model, topic, on, fields, users, roles, payload)
+    _TRACKED.append(spec)
+    return spec
+
+
+def _changed_fields(obj, fields):
+    """{field: (old, new)} for the attributes of obj changed in this flush."""
+    state = inspect(obj)
+    names = fields if fields is not None else [c.key for c in state.mapper.column_attrs]
+    out = {}
+    for name in names:
+        hist = state.attrs[name].history
+        if hist.has_changes():
+            old = hist.deleted[0] if hist.deleted else None
+            new = hist.added[0] if hist.added else None
+            out[name] = (old, new)
+    return out
+
+
+def _collect(session, flush_context):
+    pending = session.info.setdefault(_CHANGES_KEY, {})
+    for spec in _TRACKED:
+        for action, objs in (("insert", session.new), ("update", session.dirty), ("delete", session.deleted)):
+            if action not in spec.on and not (action == "delete" and "insert" in spec.on):
+                continue
+            for obj in objs:
+                if not isinstance(obj, spec.model):
+                    continue
+                key = (id(spec), id(obj))  # the same Python object for the whole transaction
+                prev = pending.get(key)
+                if action == "update":
+                    changes = _changed_fields(obj, spec.fields)
+                    if not changes:
+                        continue  # untracked attributes only
+                    if prev is not None:
+                        if prev[0] == "update":  # keep the first old value
+                            for name, (old, new) in changes.items():
+                                changes[name] = (prev[2].get(name, (old, new))[0], new)
+                            prev[2].update(changes)
+                        continue  # created earlier in this transaction: still one "created"
+                    pending[key] = ("update", obj, changes)
+                elif action == "insert":
+                    pending[key] = ("insert", obj, {})
+                else:
+                    if prev is not None and prev[0] == "insert":
+                        del pending[key]  # created and deleted before commit: nothing happened
+                    elif "delete" in spec.on:
+                        pending[key] = ("delete", obj, {})
+                    elif prev is not None:
+                        del pending[key]
+
+
+def _targets(value, obj):
+    if value is None:
+        return None
+    return list(value(obj) if callable(value) else value)
+
+
+def _default_payload(spec, obj, action, changes):
+    state = inspect(obj)
+    pk = state.mapper.primary_key_from_instance(obj)
+    data = {"action": _ACTIONS[action], "id": pk[0] if len(pk) == 1 else list(pk)}
+    if action == "insert":
+        names = spec.fields if spec.fields is not None else [c.key for c in state.mapper.column_attrs]
+        for name in names:
+            data[name] = getattr(obj, name)
+    if action == "update":
+        data["changes"] = {name: {"old": old, "new": new} for name, (old, new) in changes.items()}
+        for name, (_, new) in changes.items():
+            data[name] = new
+    return data
+
+
+def _emit_tracked(session):
+    pending = session.info.pop(_CHANGES_KEY, {})
+    specs = {id(s): s for s in _TRACKED}
+    for (spec_id, _), (action, obj, changes) in pending.items():
+        spec = specs[spec_id]
+        build = spec.payload or (lambda o, a, c: _default_payload(spec, o, a, c))
+        data = build(obj, action, changes)
+        emit(session, spec.topic, data, _targets(spec.users, obj), _targets(spec.roles, obj))
+
+
 def install_hooks(session_class):
-    """Emit queued events as the last statements of each commit."""
+    """Emit queued and tracked events as the last statements of each commit."""
+
+    @event.listens_for(session_class, "after_flush")
+    def _track(session, flush_context):
+        if _TRACKED:
+            _collect(session, flush_context)
 
     @event.listens_for(session_class, "before_commit")
     def _emit_queued(session):
         # Flush FIRST: the model writes go out, and after_flush listeners get
         # their chance to queue events; only then are the queued events read.
         session.flush()
+        _emit_tracked(session)
         queued = session.info.pop(_QUEUE_KEY, [])
         for topic, data, users, roles in queued:
             emit(session, topic, data, users, roles)
@@ -92,3 +220,4 @@ def install_hooks(session_class):
     @event.listens_for(session_class, "after_rollback")
     def _drop_queued(session):
         session.info.pop(_QUEUE_KEY, None)
+        session.info.pop(_CHANGES_KEY, None)

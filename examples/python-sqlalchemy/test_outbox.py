@@ -83,3 +83,100 @@ class Disconnect(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+from sqlalchemy import BigInteger, Column, Identity, String  # noqa: E402
+from sqlalchemy.orm import declarative_base  # noqa: E402
+
+from outbox import track  # noqa: E402
+
+TrackBase = declarative_base()
+
+
+class TrackedTask(TrackBase):
+    __tablename__ = "tracked_tasks"
+    id = Column(BigInteger, Identity(always=True), primary_key=True)
+    title = Column(String, nullable=False)
+    status = Column(String, nullable=False, default="pending")
+    assignee = Column(String, nullable=False)
+
+
+class TrackedSession(Session):
+    pass
+
+
+track(TrackedTask, "task_event", on=("insert", "update", "delete"), fields=("status",),
+      roles=["LEVEL_1"], users=lambda t: [t.assignee])
+install_hooks(TrackedSession)
+
+
+class Track(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.engine = create_engine(_url())
+        TrackBase.metadata.create_all(cls.engine)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.engine.dispose()
+
+    def events(self):
+        with self.engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, topic, payload, target_users, target_roles FROM outbox.events "
+                                     "WHERE id > :after AND topic = 'task_event' ORDER BY id"), {"after": self.after}).all()
+        self.after = max([self.after] + [r.id for r in rows])
+        return [(r.payload, r.target_users, r.target_roles) for r in rows]
+
+    def setUp(self):
+        with self.engine.connect() as conn:
+            self.after = conn.execute(text("SELECT coalesce(max(id), 0) FROM outbox.events")).scalar_one()
+
+    def test_lifecycle(self):
+        with TrackedSession(self.engine) as session:
+            task = TrackedTask(title="Patrulla", assignee="u1")
+            session.add(task)
+            session.commit()
+            task_id = task.id
+        evs = self.events()
+        self.assertEqual(evs, [({"action": "created", "id": task_id, "status": "pending"}, ["u1"], ["LEVEL_1"])])
+
+        # A tracked field changed twice, over two flushes: one event per commit.
+        with TrackedSession(self.engine) as session:
+            task = session.get(TrackedTask, task_id)
+            task.status = "in_progress"
+            session.flush()
+            task.status = "done"
+            session.commit()
+        evs = self.events()
+        self.assertEqual(len(evs), 1)
+        self.assertEqual(evs[0][0]["changes"], {"status": {"old": "pending", "new": "done"}})
+        self.assertEqual(evs[0][0]["action"], "updated")
+
+        # Untracked changes emit nothing; rolled-back ones neither.
+        with TrackedSession(self.engine) as session:
+            task = session.get(TrackedTask, task_id)
+            task.title = "Patrulla norte"
+            session.commit()
+        with TrackedSession(self.engine) as session:
+            task = session.get(TrackedTask, task_id)
+            task.status = "blocked"
+            session.flush()
+            session.rollback()
+        self.assertEqual(self.events(), [])
+        with self.engine.connect() as conn:
+            status = conn.execute(text("SELECT status FROM tracked_tasks WHERE id = :id"), {"id": task_id}).scalar_one()
+        self.assertEqual(status, "done")
+
+        # Created and deleted before commit: nothing happened.
+        with TrackedSession(self.engine) as session:
+            ghost = TrackedTask(title="ghost", assignee="u2")
+            session.add(ghost)
+            session.flush()
+            session.delete(ghost)
+            session.commit()
+        self.assertEqual(self.events(), [])
+
+        with TrackedSession(self.engine) as session:
+            session.delete(session.get(TrackedTask, task_id))
+            session.commit()
+        self.assertEqual(self.events(), [({"action": "deleted", "id": task_id}, ["u1"], ["LEVEL_1"])])
