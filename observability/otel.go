@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
@@ -69,8 +70,10 @@ func (p *Providers) Shutdown(ctx context.Context) error {
 //     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set (OTEL_EXPORTER_OTLP_PROTOCOL
 //     grpc or http/protobuf, the default), unless OTEL_TRACES_EXPORTER=none;
 //     otherwise no spans are recorded at all;
-//   - metrics are always exposed for Prometheus, and also pushed by OTLP/HTTP
-//     when an OTLP endpoint is set and OTEL_METRICS_EXPORTER is not none.
+//   - metrics are always exposed for Prometheus, and also pushed by OTLP
+//     (over the same OTEL_EXPORTER_OTLP_PROTOCOL, or
+//     OTEL_EXPORTER_OTLP_METRICS_PROTOCOL) when an OTLP endpoint is set and
+//     OTEL_METRICS_EXPORTER is not none.
 func Setup(ctx context.Context, o Options) (*Providers, error) {
 	getenv := o.Env
 	if getenv == nil {
@@ -115,7 +118,15 @@ func Setup(ctx context.Context, o Options) (*Providers, error) {
 	mopts := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithReader(promExp), LatencyView()}
 	if endpoint || getenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") != "" {
 		if getenv("OTEL_METRICS_EXPORTER") != "none" {
-			mexp, err := otlpmetrichttp.New(ctx)
+			var mexp sdkmetric.Exporter
+			switch proto := firstNonEmpty(getenv("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"), getenv("OTEL_EXPORTER_OTLP_PROTOCOL"), "http/protobuf"); proto {
+			case "grpc":
+				mexp, err = otlpmetricgrpc.New(ctx)
+			case "http/protobuf":
+				mexp, err = otlpmetrichttp.New(ctx)
+			default:
+				return nil, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL: %q; want grpc or http/protobuf", proto)
+			}
 			if err != nil {
 				return nil, fmt.Errorf("otlp metric exporter: %w", err)
 			}

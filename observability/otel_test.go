@@ -3,6 +3,7 @@ package observability
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -134,5 +135,48 @@ func TestLinkFromTraceparent(t *testing.T) {
 	l, ok := LinkFromTraceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
 	if !ok || l.SpanContext.TraceID().String() != "0af7651916cd43dd8448eb211c80319c" {
 		t.Fatalf("link %+v", l)
+	}
+}
+
+// Metrics pushed over OTLP honour OTEL_EXPORTER_OTLP_PROTOCOL=grpc: the
+// exporter opens an HTTP/2 (gRPC) connection, not an HTTP/1.1 POST. (It
+// used OTLP/HTTP whatever the protocol said.) Not parallel: it sets OTEL_*.
+func TestOTLPMetricsHonourGRPC(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	first := make(chan string, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b := make([]byte, 14)
+		n, _ := io.ReadFull(c, b)
+		first <- string(b[:n])
+	}()
+	t.Setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://"+l.Addr().String())
+	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+	t.Setenv("OTEL_EXPORTER_OTLP_METRICS_INSECURE", "true")
+	p, err := Setup(context.Background(), Options{Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := p.MeterProvider.Meter("test").Int64Counter("probe")
+	c.Add(context.Background(), 1)
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = p.Shutdown(sctx) // flushes; the fake endpoint never answers
+	select {
+	case got := <-first:
+		if got != "PRI * HTTP/2.0" {
+			t.Fatalf("the metric exporter opened with %q, want the HTTP/2 preface of gRPC", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the metric exporter never connected")
 	}
 }
