@@ -14,9 +14,10 @@ db-up: ## Make sure the local PostgreSQL is running (starts it if down)
 	@scripts/ensure-postgres.sh
 
 .PHONY: test-deps
-test-deps: db-up ## Everything the tests need: PostgreSQL up, chromium and the Python example's packages
+test-deps: db-up ## Everything the tests need: PostgreSQL up, chromium, the Python example's packages, Jaeger
 	@scripts/ensure-chromium.sh
 	@scripts/ensure-python.sh
+	@scripts/ensure-jaeger.sh
 
 .PHONY: run
 run: db-up ## Run the sidecar with the default (development) config on :8002

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/grupogad/outboxd/internal/dbtest"
+	"github.com/grupogad/outboxd/internal/proctest"
+)
+
+// jaegerConfig is Jaeger v2 all-in-one with in-memory storage, every port
+// on 127.0.0.1.
+const jaegerConfig = `service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+extensions:
+  jaeger_query:
+    storage:
+      traces: memstore
+    http:
+      endpoint: %s
+    grpc:
+      endpoint: %s
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 10000
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: %s
+      http:
+        endpoint: %s
+processors:
+  batch:
+    timeout: 100ms
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+`
+
+type jaegerTrace struct {
+	TraceID string `json:"traceID"`
+	Spans   []struct {
+		TraceID       string `json:"traceID"`
+		SpanID        string `json:"spanID"`
+		OperationName string `json:"operationName"`
+		ProcessID     string `json:"processID"`
+		References    []struct {
+			RefType string `json:"refType"`
+			TraceID string `json:"traceID"`
+			SpanID  string `json:"spanID"`
+		} `json:"references"`
+	} `json:"spans"`
+	Processes map[string]struct {
+		ServiceName string `json:"serviceName"`
+	} `json:"processes"`
+}
+
+// A traced producer transaction (the Go example, with the OTel SDK) and
+// outboxd export to a real Jaeger v2; through Jaeger's query API, outboxd's
+// "process task_event" span is there and links to the producer's span, in
+// a trace Jaeger holds too: producer → outboxd in one view.
+func TestTracesInJaeger(t *testing.T) {
+	t.Parallel()
+	root, _ := filepath.Abs(filepath.Join("..", ".."))
+	jaeger := filepath.Join(root, ".tools", "bin", "jaeger")
+	if _, err := os.Stat(jaeger); err != nil {
+		t.Fatalf("Jaeger is required (scripts/ensure-jaeger.sh builds it): %v", err)
+	}
+	query, otlpHTTP := proctest.FreeAddr(t), proctest.FreeAddr(t)
+	cfg := filepath.Join(t.TempDir(), "jaeger.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(jaegerConfig, query, proctest.FreeAddr(t), proctest.FreeAddr(t), otlpHTTP)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	j := exec.Command(jaeger, "--config", cfg)
+	var jlog proctest.SyncBuffer
+	j.Stdout, j.Stderr = &jlog, &jlog
+	if err := j.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = j.Process.Kill(); _ = j.Wait() })
+	get := func(path string, v any) error {
+		resp, err := http.Get("http://" + query + path)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("HTTP %d", resp.StatusCode)
+		}
+		return json.NewDecoder(resp.Body).Decode(v)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for get("/api/services", &map[string]any{}) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("Jaeger did not start:\n%s", jlog.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	otel := []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + otlpHTTP, "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
+		"OTEL_METRICS_EXPORTER=none", "OTEL_BSP_SCHEDULE_DELAY=100"}
+	db := dbtest.New(t)
+	p := startOutboxd(t, db, append([]string{"OTEL_SERVICE_NAME=outboxd"}, otel...)...)
+	conn, _ := dialAs(t, p, "u1", "LEVEL_1")
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var welcome map[string]any
+	if err := conn.ReadJSON(&welcome); err != nil {
+		t.Fatal(err)
+	}
+
+	producer := filepath.Join(t.TempDir(), "go-producer")
+	build := exec.Command("go", "build", "-o", producer, ".")
+	build.Dir = filepath.Join(root, "examples", "go-producer")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the Go example: %v\n%s", err, out)
+	}
+	// The first operation of the example creates a task for LEVEL_1.
+	run := exec.Command(producer, "-count", "1", "-rate", "0")
+	run.Env = append(os.Environ(), append([]string{"DATABASE_URL=" + db.URL, "OTEL_SERVICE_NAME=go-producer"}, otel...)...)
+	if out, err := run.CombinedOutput(); err != nil {
+		t.Fatalf("go-producer: %v\n%s", err, out)
+	}
+	var ev map[string]any
+	if err := conn.ReadJSON(&ev); err != nil || ev["seq"] != 1.0 {
+		t.Fatalf("event %v %v", ev, err)
+	}
+
+	// outboxd's consumer span, and the producer's trace it links to.
+	var found *jaegerTrace
+	var link string
+	for time.Now().Before(deadline) && found == nil {
+		var res struct{ Data []jaegerTrace }
+		if err := get("/api/traces?service=outboxd&limit=50&lookback=1h", &res); err == nil {
+			for i, tr := range res.Data {
+				for _, s := range tr.Spans {
+					if strings.HasPrefix(s.OperationName, "process ") {
+						for _, r := range s.References {
+							if r.TraceID != s.TraceID {
+								found, link = &res.Data[i], r.TraceID
+							}
+						}
+					}
+				}
+			}
+		}
+		if found == nil {
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	if found == nil {
+		t.Fatalf("no outboxd process span linked to another trace in Jaeger:\n%s", jlog.String())
+	}
+	var prod struct{ Data []jaegerTrace }
+	for {
+		err := get("/api/traces/"+link, &prod)
+		if err == nil && len(prod.Data) == 1 && len(prod.Data[0].Spans) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the linked producer trace %s is not in Jaeger: %v", link, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	s := prod.Data[0].Spans[0]
+	if svc := prod.Data[0].Processes[s.ProcessID].ServiceName; svc != "go-producer" || s.OperationName != "demo operation" {
+		t.Fatalf("linked trace holds %q from %q, want the go-producer's demo operation", s.OperationName, svc)
+	}
+}
