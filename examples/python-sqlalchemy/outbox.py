@@ -33,6 +33,16 @@ _EMIT = text(
     "CAST(:roles AS text[]), :traceparent)"
 )
 _QUEUE_KEY = "outboxd.events"
+_traceparent_func = None
+
+
+def set_traceparent_func(fn):
+    """Install a function returning the current span's W3C traceparent (or
+    None); emit() stores it with each event, and outboxd's consumer span
+    links to it. tracing.current_traceparent is one; with opentelemetry-api,
+    one built on its propagator."""
+    global _traceparent_func
+    _traceparent_func = fn
 
 
 def emit(session, topic, data, users=None, roles=None, traceparent=None):
@@ -51,7 +61,7 @@ def emit(session, topic, data, users=None, roles=None, traceparent=None):
             "payload": json.dumps(data, default=str),
             "users": None if users is None else list(users),
             "roles": None if roles is None else list(roles),
-            "traceparent": traceparent,
+            "traceparent": traceparent or (_traceparent_func() if _traceparent_func else None),
         },
     ).scalar_one()
 
@@ -80,7 +90,8 @@ def queue_event(session, topic, data, users=None, roles=None):
     would leak into the next commit).
     """
     session.connection()
-    session.info.setdefault(_QUEUE_KEY, []).append((topic, data, users, roles))
+    tp = _traceparent_func() if _traceparent_func else None  # the span current now
+    session.info.setdefault(_QUEUE_KEY, []).append((topic, data, users, roles, tp))
 
 
 _TRACKED = []  # TrackSpec, in declaration order
@@ -214,8 +225,8 @@ def install_hooks(session_class):
         session.flush()
         _emit_tracked(session)
         queued = session.info.pop(_QUEUE_KEY, [])
-        for topic, data, users, roles in queued:
-            emit(session, topic, data, users, roles)
+        for topic, data, users, roles, tp in queued:
+            emit(session, topic, data, users, roles, traceparent=tp)
 
     @event.listens_for(session_class, "after_rollback")
     def _drop_queued(session):

@@ -20,7 +20,8 @@ from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Identity, String,
                         select)
 from sqlalchemy.orm import Session, declarative_base
 
-from outbox import emit, install_hooks, queue_event
+import tracing
+from outbox import emit, install_hooks, queue_event, set_traceparent_func
 
 Base = declarative_base()
 
@@ -42,6 +43,7 @@ class Efectivo(Base):
 
 
 install_hooks(Session)
+set_traceparent_func(tracing.current_traceparent)
 
 
 def _task_status_listener(session, flush_context):
@@ -70,7 +72,8 @@ def run(url, count, rate, users):
     rnd = random.Random(11)
     pause = 1.0 / rate if rate > 0 else 0
     for i in range(count):
-        with Session(engine) as s, s.begin():
+        # One span per operation: the event's traceparent points at it.
+        with tracing.span("demo operation"), Session(engine) as s, s.begin():
             kind = i % 4
             if kind == 0:
                 assignee = f"u{rnd.randint(1, users)}"
