@@ -117,7 +117,8 @@ def track(model, topic, on=("insert", "update"), fields=None, users=None, roles=
              any column); they are also the values an insert carries.
     users, roles: the targets, each a list or a callable(row) -> list. An
              empty list reaches nobody; both None reaches everyone.
-    payload: callable(row, action, changes) -> dict; by default
+    payload: callable(row, action, changes) -> dict, action being "created",
+             "updated" or "deleted" and changes {field: (old, new)}; by default
              {"action": "created"|"updated"|"deleted", "id": <primary key>,
               <field>: <value>…, "changes": {<field>: {"old", "new"}}}.
 
@@ -205,8 +206,10 @@ def _emit_tracked(session):
     specs = {id(s): s for s in _TRACKED}
     for (spec_id, _), (action, obj, changes) in pending.items():
         spec = specs[spec_id]
-        build = spec.payload or (lambda o, a, c: _default_payload(spec, o, a, c))
-        data = build(obj, action, changes)
+        if spec.payload is not None:
+            data = spec.payload(obj, _ACTIONS[action], changes)
+        else:
+            data = _default_payload(spec, obj, action, changes)
         emit(session, spec.topic, data, _targets(spec.users, obj), _targets(spec.roles, obj))
 
 

@@ -1,0 +1,292 @@
+"""The first user's app in miniature: a FastAPI + SQLAlchemy task board
+wired to outboxd.
+
+    uvicorn app:app --port 8000        (with outboxd on :8002; see README.md)
+
+What a team has to get right, and where it is done here:
+
+* Every change and its event commit together: the models are tracked
+  (outbox.track) and install_hooks emits their events at commit, in the same
+  transaction. A rolled-back change emits nothing.
+* The page gets its state and the stream position without a race:
+  GET /api/state reads the rows AND outbox.head()/outbox.epoch() in ONE
+  REPEATABLE READ transaction; the page connects with since=head&epoch=…, so
+  a change committed in between is delivered once, neither lost nor twice.
+* Tokens: GET /api/ws-token mints a short-lived token for the logged-in
+  user, signed with the key outboxd trusts (SECRET_KEY, HS256). With an
+  identity provider, outboxd reads its JWKS_URL instead and this endpoint
+  returns the provider's access token.
+* Permission changes: the admin action changes a user's role and calls
+  outbox.disconnect in the same transaction; the user's pages are cut with
+  4003, ask for a new token and see what the new role allows.
+"""
+import os
+import sys
+import time
+from types import SimpleNamespace
+
+import jwt
+from fastapi import Cookie, Depends, FastAPI, HTTPException, Response
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import BigInteger, Boolean, Column, Identity, String, create_engine, func, select, text
+from sqlalchemy.orm import Session, declarative_base
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "python-sqlalchemy"))
+from outbox import disconnect, install_hooks, queue_event, track  # noqa: E402
+
+DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres").replace(
+    "postgres://", "postgresql://", 1)
+# The key outboxd verifies tokens with (its SECRET_KEY); outboxd's built-in
+# development key when unset, so that `make demo` works as it is.
+SECRET_KEY = os.environ.get("SECRET_KEY", "outboxd-development-secret-change-me")
+# The app's own key for its session cookie: not outboxd's.
+SESSION_KEY = os.environ.get("APP_SESSION_KEY", "fastapi-app-session-key-change-me")
+OUTBOXD_WS_URL = os.environ.get("OUTBOXD_WS_URL", "ws://127.0.0.1:8002/ws/connect")
+WS_TOKEN_TTL = int(os.environ.get("WS_TOKEN_TTL", "300"))
+STATUSES = ("pending", "in_progress", "blocked", "done")
+
+Base = declarative_base()
+
+
+class User(Base):
+    __tablename__ = "app_users"
+    id = Column(String, primary_key=True)
+    name = Column(String, nullable=False)
+    role = Column(String, nullable=False)
+
+
+class Task(Base):
+    __tablename__ = "app_tasks"
+    id = Column(BigInteger, Identity(always=True), primary_key=True)
+    title = Column(String, nullable=False)
+    status = Column(String, nullable=False, default="pending")
+    assignee = Column(String, nullable=False)
+
+
+class Efectivo(Base):
+    __tablename__ = "app_efectivos"
+    id = Column(BigInteger, primary_key=True)
+    nombre = Column(String, nullable=False)
+    disponible = Column(Boolean, nullable=False, default=True)
+
+
+def task_row(t):
+    return {"id": t.id, "title": t.title, "status": t.status, "assignee": t.assignee}
+
+
+def efectivo_row(e):
+    return {"id": e.id, "nombre": e.nombre, "disponible": e.disponible}
+
+
+# Events, declared on the models: emitted at commit, in the same transaction.
+track(Task, "task_event", on=("insert", "update"), fields=("title", "status", "assignee"),
+      roles=["LEVEL_1", "ADMIN"], users=lambda t: [t.assignee],
+      payload=lambda t, action, changes: dict(task_row(t), action=action))
+track(Efectivo, "efectivo_event", on=("update",), fields=("disponible",),
+      roles=["LEVEL_2", "ADMIN"],
+      payload=lambda e, action, changes: dict(efectivo_row(e), action="availability_changed"))
+
+
+class AppSession(Session):
+    pass
+
+
+install_hooks(AppSession)
+
+engine = create_engine(DATABASE_URL, future=True)
+
+
+def setup_database():
+    Base.metadata.create_all(engine)
+    with AppSession(engine) as s, s.begin():
+        if s.scalar(select(func.count()).select_from(User)) == 0:
+            s.add_all([User(id="op1", name="Operador 1", role="LEVEL_1"),
+                       User(id="op2", name="Operador 2", role="LEVEL_1"),
+                       User(id="sup1", name="Supervisora", role="LEVEL_2"),
+                       User(id="admin", name="Administración", role="ADMIN")])
+        if s.scalar(select(func.count()).select_from(Efectivo)) == 0:
+            s.add_all([Efectivo(id=i, nombre=f"Efectivo {i}") for i in range(1, 7)])
+
+
+app = FastAPI(title="task board")
+
+
+@app.on_event("startup")
+def _startup():
+    setup_database()
+
+
+def db():
+    with AppSession(engine) as s:
+        yield s
+
+
+def current_user(app_session: str = Cookie(default=None)) -> SimpleNamespace:
+    """The logged-in user as the database says NOW (its own short
+    transaction: the request's session stays free for the change)."""
+    if not app_session:
+        raise HTTPException(401, "log in first")
+    try:
+        claims = jwt.decode(app_session, SESSION_KEY, algorithms=["HS256"])
+    except jwt.PyJWTError:
+        raise HTTPException(401, "session expired: log in again")
+    with AppSession(engine) as s:
+        user = s.get(User, claims["sub"])
+        if user is None:
+            raise HTTPException(401, "unknown user")
+        return SimpleNamespace(id=user.id, name=user.name, role=user.role)
+
+
+class Login(BaseModel):
+    user: str
+
+
+@app.post("/api/login")
+def login(body: Login, response: Response, s: Session = Depends(db)):
+    """Development login: pick a user. A real app authenticates here."""
+    user = s.get(User, body.user)
+    if user is None:
+        raise HTTPException(404, "no such user")
+    cookie = jwt.encode({"sub": user.id, "exp": int(time.time()) + 8 * 3600}, SESSION_KEY, algorithm="HS256")
+    response.set_cookie("app_session", cookie, httponly=True, samesite="lax")
+    return {"id": user.id, "name": user.name, "role": user.role}
+
+
+@app.get("/api/users")
+def users(s: Session = Depends(db)):
+    return [{"id": u.id, "name": u.name, "role": u.role} for u in s.scalars(select(User).order_by(User.id))]
+
+
+@app.get("/api/me")
+def me(user=Depends(current_user)):
+    return {"id": user.id, "name": user.name, "role": user.role}
+
+
+@app.get("/api/ws-token")
+def ws_token(user=Depends(current_user)):
+    """A short-lived token for outboxd, for the logged-in user and the role
+    the database says they have NOW (the page asks again after 4001/4003)."""
+    now = int(time.time())
+    token = jwt.encode({"sub": user.id, "role": user.role, "iat": now, "exp": now + WS_TOKEN_TTL},
+                       SECRET_KEY, algorithm="HS256")
+    return {"token": token, "expires_in": WS_TOKEN_TTL}
+
+
+@app.get("/api/state")
+def state(user=Depends(current_user)):
+    """The board and the stream position in ONE snapshot: outboxd's events
+    after `since` are exactly the changes this state does not show yet."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            tasks = conn.execute(text("SELECT id, title, status, assignee FROM app_tasks ORDER BY id")).mappings().all()
+            efectivos = conn.execute(text("SELECT id, nombre, disponible FROM app_efectivos ORDER BY id")).mappings().all()
+            since, epoch = conn.execute(text("SELECT outbox.head(), outbox.epoch()")).one()
+    visible = [dict(t) for t in tasks if user.role in ("LEVEL_1", "ADMIN") or t["assignee"] == user.id]
+    return {"user": {"id": user.id, "name": user.name, "role": user.role},
+            "tasks": visible,
+            "efectivos": [dict(e) for e in efectivos] if user.role in ("LEVEL_2", "ADMIN") else [],
+            "since": since, "epoch": epoch, "ws_url": OUTBOXD_WS_URL}
+
+
+class NewTask(BaseModel):
+    title: str
+    assignee: str
+
+
+@app.post("/api/tasks", status_code=201)
+def create_task(body: NewTask, user=Depends(current_user), s: Session = Depends(db)):
+    with s.begin():
+        task = Task(title=body.title, assignee=body.assignee)
+        s.add(task)
+        s.flush()
+        row = task_row(task)
+        refresh_dashboard(s)
+    return row
+
+
+class TaskChange(BaseModel):
+    title: str | None = None
+    status: str | None = None
+
+
+@app.patch("/api/tasks/{task_id}")
+def change_task(task_id: int, body: TaskChange, user=Depends(current_user), s: Session = Depends(db)):
+    with s.begin():
+        task = s.get(Task, task_id)
+        if task is None:
+            raise HTTPException(404, "no such task")
+        if body.title is not None:
+            task.title = body.title
+        if body.status is not None:
+            task.status = body.status
+        s.flush()  # the change is written...
+        if task.status not in STATUSES:  # ...and refused: the transaction rolls back, no event
+            raise HTTPException(422, f"status must be one of {', '.join(STATUSES)}")
+        if body.status == "blocked":
+            queue_event(s, "system_event", {"level": "warning", "message": f"Tarea {task.id} bloqueada"})
+        refresh_dashboard(s)
+        row = task_row(task)
+    return row
+
+
+class EfectivoChange(BaseModel):
+    disponible: bool
+
+
+@app.patch("/api/efectivos/{efectivo_id}")
+def change_efectivo(efectivo_id: int, body: EfectivoChange, user=Depends(current_user),
+                    s: Session = Depends(db)):
+    with s.begin():
+        e = s.get(Efectivo, efectivo_id)
+        if e is None:
+            raise HTTPException(404, "no such efectivo")
+        e.disponible = body.disponible
+        row = efectivo_row(e)
+    return row
+
+
+class RoleChange(BaseModel):
+    role: str
+
+
+@app.post("/api/admin/users/{user_id}/role")
+def change_role(user_id: str, body: RoleChange, admin=Depends(current_user), s: Session = Depends(db)):
+    """Change a user's role and cut their live sessions in the same commit:
+    their pages get every event up to this one, are closed with 4003, ask
+    for a new token (with the new role) and go on from there."""
+    if admin.role != "ADMIN":
+        raise HTTPException(403, "admins only")
+    with s.begin():
+        user = s.get(User, user_id)
+        if user is None:
+            raise HTTPException(404, "no such user")
+        user.role = body.role
+        s.flush()
+        disconnect(s, [user.id], f"role changed to {body.role}")
+    return {"id": user.id, "role": body.role}
+
+
+def refresh_dashboard(s):
+    """dashboard_event: the aggregate the dashboards show, after the change."""
+    s.flush()
+    counts = dict(s.execute(select(Task.status, func.count()).group_by(Task.status)).all())
+    queue_event(s, "dashboard_event", {status: counts.get(status, 0) for status in STATUSES},
+                roles=["LEVEL_1", "LEVEL_2", "ADMIN"])
+
+
+@app.get("/")
+def index():
+    return FileResponse(os.path.join(HERE, "static", "index.html"))
+
+
+@app.get("/outboxd-client.js")
+def client_js():
+    return FileResponse(os.path.join(HERE, "..", "browser", "outboxd-client.js"), media_type="text/javascript")
+
+
+@app.exception_handler(HTTPException)
+def http_error(request, exc):
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
