@@ -23,6 +23,10 @@ test-deps: db-up ## Everything the tests need: PostgreSQL up, chromium, the Pyth
 run: db-up ## Run the sidecar with the default (development) config on :8002
 	$(GO) run ./cmd/outboxd
 
+.PHONY: demo
+demo: ## Run outboxd and the FastAPI example app together (http://127.0.0.1:8000/)
+	@scripts/demo.sh
+
 .PHONY: build
 build: ## Build bin/outboxd
 	$(GO) build -o bin/outboxd ./cmd/outboxd

@@ -1,0 +1,263 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/cookiejar"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/grupogad/outboxd/internal/dbtest"
+	"github.com/grupogad/outboxd/internal/proctest"
+)
+
+// appAPI is a logged-in client of the FastAPI example.
+type appAPI struct {
+	t    *testing.T
+	base string
+	c    *http.Client
+}
+
+func loginApp(t *testing.T, base, user string) *appAPI {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	a := &appAPI{t: t, base: base, c: &http.Client{Jar: jar, Timeout: 10 * time.Second}}
+	if code, body := a.do("POST", "/api/login", map[string]string{"user": user}); code != 200 {
+		t.Fatalf("login %s: %d %s", user, code, body)
+	}
+	return a
+}
+
+func (a *appAPI) do(method, path string, body any) (int, string) {
+	a.t.Helper()
+	b, _ := json.Marshal(body)
+	req, _ := http.NewRequest(method, a.base+path, bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := a.c.Do(req)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out bytes.Buffer
+	_, _ = out.ReadFrom(resp.Body)
+	return resp.StatusCode, out.String()
+}
+
+func (a *appAPI) must(method, path string, body any) string {
+	a.t.Helper()
+	code, out := a.do(method, path, body)
+	if code/100 != 2 {
+		a.t.Fatalf("%s %s: %d %s", method, path, code, out)
+	}
+	return out
+}
+
+// page is one browser tab with its own cookies (its own host name: each
+// *.localhost resolves to 127.0.0.1 in Chromium).
+type page struct {
+	t   *testing.T
+	ctx context.Context
+}
+
+func (p *page) wait(sel, want string) time.Duration {
+	p.t.Helper()
+	start := time.Now()
+	var got string
+	for time.Since(start) < 20*time.Second {
+		var err error
+		// Evaluate, not TextContent: the page re-renders under it, and a node
+		// looked up by the latter may be gone by the time it is read.
+		if got, err = chromedp.Run(p.ctx, chromedp.Evaluate[string](fmt.Sprintf(
+			`(document.querySelector(%q) || {textContent: ""}).textContent`, sel))); err != nil {
+			p.t.Fatal(err)
+		}
+		if strings.Contains(got, want) {
+			return time.Since(start)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.t.Fatalf("%s never showed %q; it shows %q", sel, want, got)
+	return 0
+}
+
+func (p *page) eval(js string) string {
+	p.t.Helper()
+	out, err := chromedp.Run(p.ctx, chromedp.Evaluate[string](js))
+	if err != nil {
+		p.t.Fatalf("%s: %v", js, err)
+	}
+	return out
+}
+
+func (p *page) count(text string) int {
+	p.t.Helper()
+	out, err := chromedp.Run(p.ctx, chromedp.Evaluate[int](fmt.Sprintf(
+		`Array.from(document.querySelectorAll(".task")).filter((d) => d.textContent.includes(%q)).length`, text)))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return out
+}
+
+// The first user's app in miniature, end to end: the real outboxd binary,
+// the FastAPI app on uvicorn, real PostgreSQL, and its page in Chromium.
+func TestFastAPIAppInChromium(t *testing.T) {
+	t.Parallel()
+	if _, err := os.Stat(chromiumPath()); err != nil {
+		t.Fatalf("chromium is required (scripts/ensure-chromium.sh): %v", err)
+	}
+	db := dbtest.New(t)
+	ox := startOutboxd(t, db)
+
+	root, _ := filepath.Abs(filepath.Join("..", ".."))
+	appAddr := proctest.FreeAddr(t)
+	port := appAddr[strings.LastIndexByte(appAddr, ':')+1:]
+	app := exec.Command(pythonPath(), "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", port)
+	app.Dir = filepath.Join(root, "examples", "fastapi-app")
+	app.Env = append(os.Environ(), "DATABASE_URL="+db.URL, "SECRET_KEY="+testSecret,
+		"OUTBOXD_WS_URL=ws://"+ox.Addr+"/ws/connect")
+	var appLog proctest.SyncBuffer
+	app.Stdout, app.Stderr = &appLog, &appLog
+	if err := app.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = app.Process.Kill(); _ = app.Wait() })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + appAddr + "/api/users")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the app did not start: %v\n%s", err, appLog.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	admin := loginApp(t, "http://"+appAddr, "admin")
+	admin.must("POST", "/api/tasks", map[string]string{"title": "Antes de abrir", "assignee": "op2"})
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromiumPath()), chromedp.Flag("headless", true),
+		chromedp.NoSandbox, chromedp.DisableGPU, chromedp.Flag("disable-background-networking", true),
+		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1200, 800))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelAlloc()
+	bctx, cancelBrowser := chromedp.NewContext(actx)
+	defer cancelBrowser()
+	if err := chromedp.Do(bctx); err != nil { // start the browser
+		t.Fatal(err)
+	}
+	open := func(host, user, name, query string) *page {
+		t.Helper()
+		ctx, cancel := chromedp.NewContext(bctx)
+		t.Cleanup(cancel)
+		ctx, cancelT := context.WithTimeout(ctx, 2*time.Minute)
+		t.Cleanup(cancelT)
+		p := &page{t: t, ctx: ctx}
+		base := "http://" + host + ".localhost:" + port + "/"
+		if err := chromedp.Do(ctx, chromedp.Navigate(base), chromedp.WaitVisible(`[data-user="`+user+`"]`),
+			chromedp.Click(`[data-user="`+user+`"]`)); err != nil {
+			t.Fatal(err)
+		}
+		p.wait("#who", name)
+		if query != "" {
+			if err := chromedp.Do(ctx, chromedp.Navigate(base+"?"+query)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return p
+	}
+	operator := open("a", "op1", "Operador 1", "") // LEVEL_1
+	operator.wait("#banner", "live")
+	supervisor := open("b", "sup1", "Supervisora", "") // LEVEL_2
+	supervisor.wait("#banner", "live")
+	operator.wait("#board", "Antes de abrir")
+
+	// A task changed through the API appears on the operator's page.
+	admin.must("POST", "/api/tasks", map[string]string{"title": "Ronda norte", "assignee": "op2"})
+	took := operator.wait(`.col[data-status="pending"]`, "Ronda norte")
+	t.Logf("a new task reached the operator's page %s after its commit was acknowledged", took)
+	admin.must("PATCH", "/api/tasks/2", map[string]string{"status": "in_progress"})
+	operator.wait(`.col[data-status="in_progress"]`, "Ronda norte")
+	operator.wait("#dashboard", "in_progress 1")
+	// An efectivo change for LEVEL_2 reaches the supervisor, not the operator.
+	admin.must("PATCH", "/api/efectivos/3", map[string]bool{"disponible": false})
+	supervisor.wait("#efectivos", "Efectivo 3: no disponible")
+	// A rolled-back change never appears.
+	if code, _ := admin.do("PATCH", "/api/tasks/2", map[string]string{"title": "ROLLED-BACK", "status": "archived"}); code != 422 {
+		t.Fatalf("an invalid change answered %d, want 422", code)
+	}
+
+	// outboxd restarts while the page is open; changes commit meanwhile.
+	operator.eval(`window.__noReload = "still here"; ""`)
+	if err := ox.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_ = ox.Wait()
+	operator.wait("#banner", "reconnecting")
+	admin.must("POST", "/api/tasks", map[string]string{"title": "Mientras caído", "assignee": "op1"})
+	admin.must("PATCH", "/api/tasks/2", map[string]string{"status": "done"})
+	ox = startOutboxdAt(t, db, ox.Addr)
+	operator.wait(`.col[data-status="done"]`, "Ronda norte")
+	operator.wait(`.col[data-status="pending"]`, "Mientras caído")
+	operator.wait("#banner", "live")
+	if got := operator.eval(`window.__noReload || "reloaded"`); got != "still here" {
+		t.Fatal("the page reloaded instead of resuming")
+	}
+	for _, title := range []string{"Antes de abrir", "Ronda norte", "Mientras caído"} {
+		if n := operator.count(title); n != 1 {
+			t.Fatalf("%q shows %d times", title, n)
+		}
+	}
+	if n := operator.count("ROLLED-BACK"); n != 0 || strings.Contains(operator.eval(`document.body.textContent`), "Efectivo 3") {
+		t.Fatal("the operator's page shows a rolled-back change or another role's event")
+	}
+
+	// The state-and-position race: a change committed after the page read
+	// its state and before it connected arrives once; one before, once.
+	racer := open("c", "op2", "Operador 2", "pause=1") // LEVEL_1
+	racer.wait("#board", "Mientras caído")      // state loaded, not connected
+	if racer.eval(`document.body.dataset.stateLoaded || ""`) != "1" {
+		t.Fatal("the page is not held between state and connect")
+	}
+	admin.must("POST", "/api/tasks", map[string]string{"title": "En la carrera", "assignee": "op2"})
+	racer.eval(`window.__go(); ""`)
+	racer.wait("#banner", "live")
+	racer.wait(".board", "En la carrera")
+	admin.must("POST", "/api/tasks", map[string]string{"title": "Después", "assignee": "op2"})
+	racer.wait(".board", "Después")
+	for _, title := range []string{"Mientras caído", "En la carrera", "Después"} {
+		if n := racer.count(title); n != 1 {
+			t.Fatalf("the racing page shows %q %d times", title, n)
+		}
+	}
+
+	// The admin makes op1 a LEVEL_2: in the same transaction the app calls
+	// outbox.disconnect. The operator's page is cut (4003), gets a new
+	// token, and sees what LEVEL_2 sees.
+	admin.must("POST", "/api/admin/users/op1/role", map[string]string{"role": "LEVEL_2"})
+	operator.wait("#who", "LEVEL_2")
+	operator.wait("#banner", "live")
+	operator.wait("#efectivos", "Efectivo 3: no disponible") // from the reloaded state
+	admin.must("PATCH", "/api/efectivos/4", map[string]bool{"disponible": false})
+	operator.wait("#efectivos", "Efectivo 4: no disponible") // live, with the new role
+	if !strings.Contains(appLog.String(), "POST /api/admin/users/op1/role") {
+		t.Fatal("the role change did not go through the app")
+	}
+	png, err := chromedp.Run(operator.ctx, chromedp.FullScreenshot(100))
+	if err == nil {
+		_ = os.WriteFile(filepath.Join(artifactsDir(t), "fastapi-app.png"), png, 0o644)
+	}
+}
