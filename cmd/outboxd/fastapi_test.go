@@ -228,7 +228,7 @@ func TestFastAPIAppInChromium(t *testing.T) {
 	// The state-and-position race: a change committed after the page read
 	// its state and before it connected arrives once; one before, once.
 	racer := open("c", "op2", "Operador 2", "pause=1") // LEVEL_1
-	racer.wait("#board", "Mientras caído")      // state loaded, not connected
+	racer.wait("#board", "Mientras caído")             // state loaded, not connected
 	if racer.eval(`document.body.dataset.stateLoaded || ""`) != "1" {
 		t.Fatal("the page is not held between state and connect")
 	}
