@@ -13,6 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/grupogad/outboxd/ws"
 )
 
 // benchSecret signs the benchmark's tokens; outboxd is started with it.
@@ -77,6 +79,42 @@ type sidecar struct {
 
 func (s *sidecar) pid() int      { return s.cmd.Process.Pid }
 func (s *sidecar) wsURL() string { return "ws://" + s.addr + "/ws/connect" }
+
+// server is what a load runs against: outboxd (sidecar) or a peer.
+type server interface {
+	pid() int
+	// dial connects client i and waits until it is subscribed.
+	dial(ctx context.Context, i int) (*client, error)
+	// position is the last event number committed (outboxd: the head,
+	// once sequenced).
+	position(ctx context.Context, pool *pgxpool.Pool) (int64, error)
+	// inserter writes one event in a producer's transaction (nil: outbox.Emit).
+	inserter() insertFunc
+}
+
+// insertFunc writes one event carrying its insert time t in tx.
+type insertFunc func(ctx context.Context, tx pgx.Tx, producer int, t int64, pad string) error
+
+// dial connects client i live.
+func (s *sidecar) dial(ctx context.Context, i int) (*client, error) { return s.dialSince(-1)(ctx, i) }
+
+// dialSince connects clients that resume after since (-1: live).
+func (s *sidecar) dialSince(since int64) func(ctx context.Context, i int) (*client, error) {
+	return func(ctx context.Context, i int) (*client, error) {
+		tok, err := ws.MintHS256(benchSecret, fmt.Sprintf("bench-%d", i), []string{"bench"}, 6*time.Hour)
+		if err != nil {
+			return nil, err
+		}
+		return dialClient(ctx, s.wsURL(), tok, since)
+	}
+}
+
+func (s *sidecar) position(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
+	return head(ctx, pool)
+}
+
+// inserter is nil for outboxd: the producers use outbox.Emit.
+func (s *sidecar) inserter() insertFunc { return nil }
 
 // startSidecar starts outboxd on a free 127.0.0.1 port with limits opened
 // for a load test, and waits until it is ready.

@@ -17,7 +17,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/grupogad/outboxd/outbox"
-	"github.com/grupogad/outboxd/ws"
 )
 
 // benchTopic marks the benchmark's events.
@@ -51,6 +50,30 @@ type client struct {
 	closeErr error
 	done     chan struct{}
 	first    int64
+	// seen marks the seqs received (a bitset), so that an event arriving
+	// after a higher seq (out of order) is told from a duplicate.
+	seen       []uint64
+	inversions int64
+	// pong: the peer's protocol — several messages per frame, separated by
+	// newlines, and an empty-object ping the client answers.
+	pong bool
+}
+
+// mark records seq and reports whether it is new.
+func (c *client) mark(seq int64) bool {
+	if seq < 0 {
+		return true
+	}
+	w := int(seq / 64)
+	for len(c.seen) <= w {
+		c.seen = append(c.seen, 0)
+	}
+	bit := uint64(1) << (seq % 64)
+	if c.seen[w]&bit != 0 {
+		return false
+	}
+	c.seen[w] |= bit
+	return true
 }
 
 var (
@@ -111,37 +134,56 @@ func (c *client) read() {
 			c.mu.Unlock()
 			return
 		}
-		seq, ok := parseInt(b, seqKey)
-		if !ok {
-			if bytes.Contains(b, []byte(`"notification"`)) {
-				arrivals.Add(1)
-				c.mu.Lock()
-				c.notes++
-				c.lastAt = now
-				c.mu.Unlock()
-			}
+		if !c.pong {
+			c.frame(b, now)
 			continue
 		}
-		if t, ok := parseInt(b, tKey); ok {
-			c.lat.record(now.Sub(time.Unix(0, t)))
-		}
-		arrivals.Add(1)
-		c.mu.Lock()
-		switch {
-		case c.first < 0:
-			c.first, c.last, c.distinct = seq, seq, 1
-		case seq <= c.last:
-			c.dups++
-		default:
-			if seq != c.last+1 {
-				c.gaps++
+		for _, m := range bytes.Split(b, []byte("\n")) {
+			if bytes.Equal(bytes.TrimSpace(m), []byte("{}")) { // the peer's ping
+				_ = c.conn.WriteMessage(websocket.TextMessage, []byte("{}"))
+				continue
 			}
-			c.last = seq
-			c.distinct++
+			c.frame(m, now)
 		}
-		c.lastAt = now
-		c.mu.Unlock()
 	}
+}
+
+// frame records one message received at now.
+func (c *client) frame(b []byte, now time.Time) {
+	seq, ok := parseInt(b, seqKey)
+	if !ok {
+		if bytes.Contains(b, []byte(`"notification"`)) {
+			arrivals.Add(1)
+			c.mu.Lock()
+			c.notes++
+			c.lastAt = now
+			c.mu.Unlock()
+		}
+		return
+	}
+	if t, ok := parseInt(b, tKey); ok {
+		c.lat.record(now.Sub(time.Unix(0, t)))
+	}
+	arrivals.Add(1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fresh := c.mark(seq)
+	switch {
+	case !fresh:
+		c.dups++
+	case c.first < 0:
+		c.first, c.last, c.distinct = seq, seq, 1
+	case seq < c.last:
+		c.inversions++ // a new event after a higher seq: out of order
+		c.distinct++
+	default:
+		if seq != c.last+1 {
+			c.gaps++
+		}
+		c.last = seq
+		c.distinct++
+	}
+	c.lastAt = now
 }
 
 func (c *client) snapshot() (last, distinct, dups, gaps, notes int64, lastAt time.Time) {
@@ -150,9 +192,14 @@ func (c *client) snapshot() (last, distinct, dups, gaps, notes int64, lastAt tim
 	return c.last, c.distinct, c.dups, c.gaps, c.notes, c.lastAt
 }
 
-// connectClients opens n clients in parallel (bounded), each with its own
-// user id.
-func connectClients(ctx context.Context, wsURL, secret string, n int, since int64, progress func(int)) ([]*client, error) {
+func (c *client) outOfOrder() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.inversions
+}
+
+// connectClients opens n clients with dial in parallel (bounded).
+func connectClients(ctx context.Context, dial func(ctx context.Context, i int) (*client, error), n int, progress func(int)) ([]*client, error) {
 	out := make([]*client, n)
 	var next atomic.Int64
 	var done atomic.Int64
@@ -166,11 +213,8 @@ func connectClients(ctx context.Context, wsURL, secret string, n int, since int6
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				tok, err := ws.MintHS256(secret, fmt.Sprintf("bench-%d", i), []string{"bench"}, 6*time.Hour)
-				if err == nil {
-					out[i], err = dialClient(ctx, wsURL, tok, since)
-				}
-				if err != nil {
+				var err error
+				if out[i], err = dial(ctx, i); err != nil {
 					emu.Lock()
 					if firstErr == nil {
 						firstErr = fmt.Errorf("client %d: %w", i, err)
@@ -207,6 +251,8 @@ type loadSpec struct {
 	batch     int     // events per transaction
 	duration  time.Duration
 	padBytes  int
+	// insert writes one event in tx for a peer (nil: outbox.Emit).
+	insert insertFunc
 }
 
 // produce runs the producers until the duration ends and returns how many
@@ -238,6 +284,21 @@ func produce(ctx context.Context, pool *pgxpool.Pool, spec loadSpec, committed *
 				}
 				if ctx.Err() != nil {
 					return
+				}
+				if spec.insert != nil { // a peer: its own outbox, one event per transaction
+					err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+						return spec.insert(ctx, tx, p, time.Now().UnixNano(), pad)
+					})
+					if err != nil {
+						if ctx.Err() != nil {
+							return
+						}
+						errs <- err
+						return
+					}
+					txCount.Add(1)
+					committed.Add(1)
+					continue
 				}
 				evs := make([]outbox.Event, spec.batch)
 				for i := range evs {

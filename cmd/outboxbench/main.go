@@ -24,6 +24,8 @@
 //	tcp-floor        scenario 5's broadcast with bare TCP, no outboxd    (reference: this machine's floor)
 //	reconnect-storm  5,000 clients from one address; outboxd restarts     all resumed ≤ 10 s, none lost
 //	                 with its shipped defaults, 100 events committed meanwhile
+//	vs-centrifugo    four workloads against outboxd, then the same against Centrifugo v6.9.1's
+//	                 PostgreSQL outbox consumer, in each run (runs alternate A, B, A, B); ratios
 package main
 
 import (
@@ -37,7 +39,6 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -56,6 +57,8 @@ type options struct {
 	extraEnv  string
 	pprofAddr string
 	custom    customSpec
+	// centrifugo is the peer's binary (vs-centrifugo).
+	centrifugo string
 }
 
 // customSpec is the load of -scenario custom.
@@ -76,6 +79,7 @@ func main() {
 	flag.StringVar(&o.svgOut, "svg", "", "draw the latency distributions (CDF) as SVG to this file")
 	flag.Float64Var(&o.scale, "scale", 1, "scale counts and durations (0.1 for a quick smoke run)")
 	flag.StringVar(&o.extraEnv, "env", "", "extra environment for outboxd, comma separated (RELAY_BATCH_SIZE=1000,…)")
+	flag.StringVar(&o.centrifugo, "centrifugo", ".tools/bin/centrifugo", "Centrifugo v6.9.1 binary for -scenario vs-centrifugo (scripts/ensure-centrifugo.sh builds it)")
 	flag.StringVar(&o.pprofAddr, "pprof", "", "pass PPROF_ADDR to outboxd (e.g. 127.0.0.1:6060) to profile it during a run")
 	flag.IntVar(&o.custom.clients, "clients", 10, "custom: WebSocket clients")
 	flag.IntVar(&o.custom.producers, "producers", 4, "custom: producer connections")
@@ -109,7 +113,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	raiseFileLimit()
 	names := scenarioNames()
 	if o.scenario != "all" {
-		if !slices.Contains(names, o.scenario) && o.scenario != "custom" {
+		if _, ok := scenarios[o.scenario]; !ok {
 			return fmt.Errorf("unknown scenario %q; want one of %s or all", o.scenario, strings.Join(names, ", "))
 		}
 		names = []string{o.scenario}

@@ -24,6 +24,7 @@ var scenarios = map[string]scenarioFunc{
 	"idle-cpu":        idleCPU,
 	"tcp-floor":       tcpFloor,
 	"reconnect-storm": reconnectStorm,
+	"vs-centrifugo":   versusCentrifugo,
 	"custom":          custom,
 }
 
@@ -36,11 +37,11 @@ func custom(ctx context.Context, e *benchEnv) (result, error) {
 func scenarioNames() []string {
 	names := make([]string, 0, len(scenarios))
 	for k := range scenarios {
-		if k != "custom" { // not part of "all"
+		if k != "custom" && k != "vs-centrifugo" { // not part of "all" (vs-centrifugo needs the peer's binary)
 			names = append(names, k)
 		}
 	}
-	order := map[string]int{"backlog": 1, "steady-100": 2, "steady-1000": 3, "max": 4, "idle-conns": 5, "producer-impact": 6, "idle-cpu": 7, "tcp-floor": 8, "reconnect-storm": 9}
+	order := map[string]int{"backlog": 1, "steady-100": 2, "steady-1000": 3, "max": 4, "idle-conns": 5, "producer-impact": 6, "idle-cpu": 7, "tcp-floor": 8, "reconnect-storm": 9, "vs-centrifugo": 10}
 	sort.Slice(names, func(i, j int) bool { return order[names[i]] < order[names[j]] })
 	return names
 }
@@ -55,13 +56,13 @@ func head(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
 // messages delivered, and the merged latency.
 func deliveryStats(r *result, cs []*client, firstSeq, lastSeq int64) (delivered int64) {
 	lat := newHist()
-	var lost, dups, gaps int64
+	var lost, dups, inversions int64
 	expected := lastSeq - firstSeq + 1
 	for _, c := range cs {
-		_, distinct, d, g, _, _ := c.snapshot()
+		_, distinct, d, _, _, _ := c.snapshot()
 		lost += max(0, expected-distinct)
 		dups += d
-		gaps += g
+		inversions += c.outOfOrder()
 		delivered += distinct
 		lat.merge(c.lat)
 	}
@@ -73,7 +74,7 @@ func deliveryStats(r *result, cs []*client, firstSeq, lastSeq int64) (delivered 
 	r.add("latency_max", ms(lat.quantile(1)), "ms")
 	r.add("lost", float64(lost), "events (all clients)")
 	r.add("duplicated", float64(dups), "events (all clients)")
-	r.add("out_of_order", float64(gaps), "events (all clients)")
+	r.add("out_of_order", float64(inversions), "events that arrived after a higher seq (all clients)")
 	return delivered
 }
 
@@ -101,7 +102,7 @@ func backlog(ctx context.Context, e *benchEnv) (result, error) {
 		return r, err
 	}
 	defer sc.stop()
-	cs, err := connectClients(ctx, sc.wsURL(), benchSecret, 1, 0, nil)
+	cs, err := connectClients(ctx, sc.dialSince(0), 1, nil)
 	if err != nil {
 		return r, err
 	}
@@ -176,23 +177,30 @@ func metricValue(r result, name string) float64 {
 
 // load is the shared body of the streaming scenarios.
 func load(ctx context.Context, e *benchEnv, clients int, spec loadSpec) (result, error) {
-	var r result
 	pool, sc, cleanup, err := e.setup(ctx)
 	if err != nil {
-		return r, err
+		return result{}, err
 	}
 	defer cleanup()
-	cs, err := connectClients(ctx, sc.wsURL(), benchSecret, clients, -1, nil)
+	return loadOn(ctx, pool, sc, clients, spec)
+}
+
+// loadOn runs spec against a running server (outboxd or a peer) with
+// clients connected to it, and measures what they receive.
+func loadOn(ctx context.Context, pool *pgxpool.Pool, sv server, clients int, spec loadSpec) (result, error) {
+	var r result
+	cs, err := connectClients(ctx, sv.dial, clients, nil)
 	if err != nil {
 		return r, err
 	}
 	defer closeClients(cs)
-	first, err := head(ctx, pool)
+	first, err := sv.position(ctx, pool)
 	if err != nil {
 		return r, err
 	}
+	spec.insert = sv.inserter()
 	var committed atomic.Int64
-	before, _ := sampleProc(sc.pid())
+	before, _ := sampleProc(sv.pid())
 	stop := progress(fmt.Sprintf("%d clients", clients), spec.duration, func() string {
 		last, _, _, _, _, _ := cs[0].snapshot()
 		return fmt.Sprintf("committed %d, client 0 at seq %d", committed.Load(), last)
@@ -204,14 +212,14 @@ func load(ctx context.Context, e *benchEnv, clients int, spec loadSpec) (result,
 		stop()
 		return r, fmt.Errorf("producers: %w", err)
 	}
-	last, err := head(ctx, pool)
+	last, err := sv.position(ctx, pool)
 	for err == nil && last-first < committed.Load() { // wait for the sequencer
 		time.Sleep(10 * time.Millisecond)
-		last, err = head(ctx, pool)
+		last, err = sv.position(ctx, pool)
 	}
 	waitDelivered(cs, last, 5*time.Second, 2*time.Minute)
 	stop()
-	after, _ := sampleProc(sc.pid())
+	after, _ := sampleProc(sv.pid())
 	delivered := deliveryStats(&r, cs, first+1, last)
 	var lastAt time.Time
 	for _, c := range cs {
@@ -228,8 +236,8 @@ func load(ctx context.Context, e *benchEnv, clients int, spec loadSpec) (result,
 		{"events_per_s", events / produced.Seconds(), "events/s committed"},
 		{"messages_per_s", float64(delivered) / span, "messages/s delivered"},
 	}, r.Metrics...)
-	r.add("outboxd_cpu", cpuPercent(before, after), "% of one core")
-	r.add("outboxd_rss", float64(after.rssKiB)/1024, "MiB")
+	r.add("server_cpu", cpuPercent(before, after), "% of one core")
+	r.add("server_rss", float64(after.rssKiB)/1024, "MiB")
 	return r, nil
 }
 
@@ -249,7 +257,7 @@ func idleConns(ctx context.Context, e *benchEnv) (result, error) {
 	}
 	var connected atomic.Int64
 	stop := progress("connecting", 20*time.Second, func() string { return fmt.Sprintf("%d/%d", connected.Load(), n) })
-	cs, err := connectClients(ctx, sc.wsURL(), benchSecret, n, -1, func(k int) { connected.Store(int64(k)) })
+	cs, err := connectClients(ctx, sc.dial, n, func(k int) { connected.Store(int64(k)) })
 	stop()
 	if err != nil {
 		return r, err
@@ -331,7 +339,7 @@ func producerImpact(ctx context.Context, e *benchEnv) (result, error) {
 				return 0, err
 			}
 			defer sc.stop()
-			cs, err := connectClients(ctx, sc.wsURL(), benchSecret, 1, -1, nil)
+			cs, err := connectClients(ctx, sc.dial, 1, nil)
 			if err != nil {
 				return 0, err
 			}

@@ -180,7 +180,7 @@ func operation(ctx context.Context, r *rand.Rand, i, users int) func(pgx.Tx) err
 				Data: map[string]any{"action": "availability_changed", "efectivo_id": id, "disponible": disponible}, Broadcast: true})
 			return err
 		}
-	case r.IntN(2) == 0:
+	case i == 0 || r.IntN(2) == 0: // the first operation creates a task: later ones have one to change
 		return func(tx pgx.Tx) error {
 			assignee := fmt.Sprintf("u%d", 1+r.IntN(users))
 			var id int64

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// vs-centrifugo: the side-by-side of issue 14. In every run each workload
+// goes first to outboxd, then to Centrifugo (runs thus alternate A, B, A,
+// B), on a fresh database each, with the same producers (8, single-row
+// transactions), the same clients and the same latency definition (the
+// producer's insert time → receipt). Metrics are <system>_<workload>_<what>,
+// and ratio_<workload>_<what> = outboxd / Centrifugo (below 1: outboxd
+// faster or lighter; for drain rates above 1 is better).
+func versusCentrifugo(ctx context.Context, e *benchEnv) (result, error) {
+	var r result
+	workloads := []struct {
+		name            string
+		clients, rate   int
+		burst           int
+		p50, p99, drain bool
+	}{
+		{name: "w1_100c_1000eps", clients: 100, rate: 1000},
+		{name: "w2_1000c_100eps", clients: 1000, rate: 100},
+		{name: "w3_100c_2500eps", clients: 100, rate: 2500},
+		{name: "w4_burst20k_100c", clients: 100, burst: 20000},
+	}
+	for _, w := range workloads {
+		got := map[string]result{}
+		for _, sys := range []string{"outboxd", "centrifugo"} {
+			burst := 0
+			if w.burst > 0 {
+				burst = e.n(w.burst)
+			}
+			res, err := e.versusRun(ctx, sys, e.n(w.clients), w.rate, burst)
+			if err != nil {
+				return r, fmt.Errorf("%s on %s: %w", w.name, sys, err)
+			}
+			got[sys] = res
+			for _, m := range res.Metrics {
+				r.add(sys+"_"+w.name+"_"+m.Name, m.Value, m.Unit)
+			}
+		}
+		for _, k := range []string{"latency_p50", "latency_p99", "server_cpu", "drain_events_per_s"} {
+			a, b := metricValue(got["outboxd"], k), metricValue(got["centrifugo"], k)
+			if a > 0 && b > 0 {
+				r.add("ratio_"+w.name+"_"+k, a/b, "outboxd / Centrifugo")
+			}
+		}
+	}
+	return r, nil
+}
+
+// versusRun runs one workload against one system on a fresh database.
+func (e *benchEnv) versusRun(ctx context.Context, sys string, clients, rate, burst int) (result, error) {
+	pool, err := e.freshDB(ctx)
+	if err != nil {
+		return result{}, err
+	}
+	defer pool.Close()
+	var sv server
+	switch sys {
+	case "outboxd":
+		sc, err := e.startSidecar(ctx)
+		if err != nil {
+			return result{}, err
+		}
+		defer sc.stop()
+		sv = sc
+	default:
+		c, err := e.startCentrifugo(ctx, pool)
+		if err != nil {
+			return result{}, err
+		}
+		defer c.stop()
+		sv = c
+	}
+	if burst > 0 {
+		return burstOn(ctx, pool, sv, clients, burst)
+	}
+	return loadOn(ctx, pool, sv, clients, loadSpec{producers: 8, rate: float64(rate), batch: 1,
+		duration: e.d(30 * time.Second), padBytes: 64})
+}
+
+// burstOn commits n events in one transaction and measures how fast they
+// drain to every client: n / (commit → last client's last event).
+func burstOn(ctx context.Context, pool *pgxpool.Pool, sv server, clients, n int) (result, error) {
+	var r result
+	cs, err := connectClients(ctx, sv.dial, clients, nil)
+	if err != nil {
+		return r, err
+	}
+	defer closeClients(cs)
+	first, err := sv.position(ctx, pool)
+	if err != nil {
+		return r, err
+	}
+	before, _ := sampleProc(sv.pid())
+	insert := sv.inserter()
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if insert != nil {
+			for range n {
+				if err := insert(ctx, tx, 0, time.Now().UnixNano(), ""); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		_, err := tx.Exec(ctx, `SELECT outbox.emit_batch(array_agg($1::text), array_agg(jsonb_build_object('t', $2::bigint)),
+			array_agg(NULL::jsonb), array_agg(NULL::jsonb), array_agg(NULL::text)) FROM generate_series(1, $3::int)`,
+			benchTopic, time.Now().UnixNano(), n)
+		return err
+	})
+	if err != nil {
+		return r, err
+	}
+	committedAt := time.Now()
+	last := first + int64(n)
+	stop := progress(fmt.Sprintf("burst of %d", n), 20*time.Second, func() string {
+		l, _, _, _, _, _ := cs[0].snapshot()
+		return fmt.Sprintf("client 0 at %d of %d", l-first, n)
+	})
+	waitDelivered(cs, last, 10*time.Second, 3*time.Minute)
+	stop()
+	after, _ := sampleProc(sv.pid())
+	deliveryStats(&r, cs, first+1, last)
+	var lastAt time.Time
+	for _, c := range cs {
+		if _, _, _, _, _, at := c.snapshot(); at.After(lastAt) {
+			lastAt = at
+		}
+	}
+	took := lastAt.Sub(committedAt)
+	r.add("drain_seconds", took.Seconds(), "s (commit → last receipt of all clients)")
+	r.add("drain_events_per_s", float64(n)/took.Seconds(), "events/s to every client")
+	r.add("server_cpu", cpuPercent(before, after), "% of one core")
+	return r, nil
+}
