@@ -248,10 +248,7 @@ func (h *Hub) handleTestBroadcast(w http.ResponseWriter, r *http.Request) {
 func (h *Hub) Broadcast(n NotificationData) int {
 	frame := encodeControl(TypeNotification, n)
 	h.mu.RLock()
-	clients := make([]*client, 0, len(h.routes.all))
-	for c := range h.routes.all {
-		clients = append(clients, c)
-	}
+	clients := h.sessionsLocked()
 	h.mu.RUnlock()
 	sent := 0
 	for _, c := range clients {

@@ -166,10 +166,7 @@ func (h *Hub) Rebase(_ context.Context, epoch string, head int64) {
 	h.head.Store(head)
 	h.dispatched = head
 	h.recent.reset()
-	clients := make([]*client, 0, len(h.routes.all))
-	for c := range h.routes.all {
-		clients = append(clients, c)
-	}
+	clients := h.sessionsLocked()
 	h.mu.Unlock()
 	for _, c := range clients {
 		if c.closeWith(CloseHistoryChanged) {
@@ -180,6 +177,15 @@ func (h *Hub) Rebase(_ context.Context, epoch string, head int64) {
 
 var _ relay.Rebaser = (*Hub)(nil)
 
+// sessionsLocked copies every session; the hub lock is held.
+func (h *Hub) sessionsLocked() []*client {
+	clients := make([]*client, 0, len(h.routes.all))
+	for c := range h.routes.all {
+		clients = append(clients, c)
+	}
+	return clients
+}
+
 // Stop closes every client with 1001 (reconnect with since), refuses new
 // upgrades with 503 and waits for sessions to end or ctx to expire.
 func (h *Hub) Stop(ctx context.Context) error {
@@ -187,10 +193,7 @@ func (h *Hub) Stop(ctx context.Context) error {
 		return h.Base.Stop(ctx)
 	}
 	h.mu.RLock()
-	clients := make([]*client, 0, len(h.routes.all))
-	for c := range h.routes.all {
-		clients = append(clients, c)
-	}
+	clients := h.sessionsLocked()
 	h.mu.RUnlock()
 	for _, c := range clients {
 		c.closeWith(CloseGoingAway)

@@ -285,34 +285,7 @@ func produce(ctx context.Context, pool *pgxpool.Pool, spec loadSpec, committed *
 				if ctx.Err() != nil {
 					return
 				}
-				if spec.insert != nil { // a peer: its own outbox, one event per transaction
-					err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-						return spec.insert(ctx, tx, p, time.Now().UnixNano(), pad)
-					})
-					if err != nil {
-						if ctx.Err() != nil {
-							return
-						}
-						errs <- err
-						return
-					}
-					txCount.Add(1)
-					committed.Add(1)
-					continue
-				}
-				evs := make([]outbox.Event, spec.batch)
-				for i := range evs {
-					evs[i] = outbox.Event{Topic: benchTopic, Data: json.RawMessage(fmt.Sprintf(
-						`{"t":%d,"p":%d,"pad":%q}`, time.Now().UnixNano(), p, pad)), Broadcast: true}
-				}
-				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-					if len(evs) == 1 {
-						_, err := outbox.Emit(ctx, tx, evs[0])
-						return err
-					}
-					_, err := outbox.EmitBatch(ctx, tx, evs)
-					return err
-				})
+				n, err := produceOne(ctx, pool, spec, p, pad)
 				if err != nil {
 					if ctx.Err() != nil {
 						return
@@ -321,13 +294,37 @@ func produce(ctx context.Context, pool *pgxpool.Pool, spec loadSpec, committed *
 					return
 				}
 				txCount.Add(1)
-				committed.Add(int64(len(evs)))
+				committed.Add(int64(n))
 			}
 		})
 	}
 	wg.Wait()
 	close(errs)
 	return txCount.Load(), <-errs
+}
+
+// produceOne commits one producer transaction and returns how many events
+// it held: spec.batch with outbox.Emit/EmitBatch, or one through a peer's
+// insert.
+func produceOne(ctx context.Context, pool *pgxpool.Pool, spec loadSpec, p int, pad string) (int, error) {
+	if spec.insert != nil { // a peer: its own outbox, one event per transaction
+		return 1, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			return spec.insert(ctx, tx, p, time.Now().UnixNano(), pad)
+		})
+	}
+	evs := make([]outbox.Event, spec.batch)
+	for i := range evs {
+		evs[i] = outbox.Event{Topic: benchTopic, Data: json.RawMessage(fmt.Sprintf(
+			`{"t":%d,"p":%d,"pad":%q}`, time.Now().UnixNano(), p, pad)), Broadcast: true}
+	}
+	return len(evs), pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if len(evs) == 1 {
+			_, err := outbox.Emit(ctx, tx, evs[0])
+			return err
+		}
+		_, err := outbox.EmitBatch(ctx, tx, evs)
+		return err
+	})
 }
 
 // waitDelivered waits until every client's last seq reaches head, or

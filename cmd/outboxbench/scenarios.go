@@ -221,13 +221,7 @@ func loadOn(ctx context.Context, pool *pgxpool.Pool, sv server, clients int, spe
 	stop()
 	after, _ := sampleProc(sv.pid())
 	delivered := deliveryStats(&r, cs, first+1, last)
-	var lastAt time.Time
-	for _, c := range cs {
-		if _, _, _, _, _, at := c.snapshot(); at.After(lastAt) {
-			lastAt = at
-		}
-	}
-	span := lastAt.Sub(start).Seconds()
+	span := lastReceipt(cs).Sub(start).Seconds()
 	events := float64(last - first)
 	r.Metrics = append([]metric{
 		{"clients", float64(clients), "connections"},

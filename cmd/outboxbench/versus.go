@@ -128,13 +128,7 @@ func burstOn(ctx context.Context, pool *pgxpool.Pool, sv server, clients, n int)
 	stop()
 	after, _ := sampleProc(sv.pid())
 	deliveryStats(&r, cs, first+1, last)
-	var lastAt time.Time
-	for _, c := range cs {
-		if _, _, _, _, _, at := c.snapshot(); at.After(lastAt) {
-			lastAt = at
-		}
-	}
-	took := lastAt.Sub(committedAt)
+	took := lastReceipt(cs).Sub(committedAt)
 	r.add("drain_seconds", took.Seconds(), "s (commit → last receipt of all clients)")
 	r.add("drain_events_per_s", float64(n)/took.Seconds(), "events/s to every client")
 	r.add("server_cpu", cpuPercent(before, after), "% of one core")
