@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,16 +14,34 @@ import (
 // seqs among the expired ones (rows deleted by hand).
 func fillRetained(tb testing.TB, db *dbtest.DB, n, expired int) {
 	tb.Helper()
+	ctx := context.Background()
+	conn, err := db.Pool.Acquire(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer conn.Release()
+	exec := func(sql string, args ...any) {
+		tb.Helper()
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Minute) // millions of rows, on a busy machine
+		defer cancel()
+		if _, err := conn.Exec(ctx, sql, args...); err != nil {
+			tb.Fatalf("%s: %v", sql, err)
+		}
+	}
 	// session_replication_role=replica skips the trigger that keeps seq
-	// for the relay: this is a fixture, not a producer.
-	db.Exec(tb, `SET session_replication_role = replica;
-INSERT INTO outbox.events (topic, payload, seq, delivered_at)
-SELECT 't', '{}', g, CASE WHEN g <= `+strconv.Itoa(expired)+` THEN now() - interval '2 days' ELSE now() END
-FROM generate_series(1, `+strconv.Itoa(n)+`) g;
-UPDATE outbox.relay_state SET last_seq = `+strconv.Itoa(n)+`;
-DELETE FROM outbox.events WHERE seq BETWEEN 10 AND 20;
-RESET session_replication_role;
-ANALYZE outbox.events`)
+	// for the relay: this is a fixture, not a producer. In chunks, so that
+	// no one statement runs for long.
+	exec(`SET session_replication_role = replica`)
+	defer exec(`RESET session_replication_role`)
+	const chunk = 500_000
+	for lo := 1; lo <= n; lo += chunk {
+		exec(`INSERT INTO outbox.events (topic, payload, seq, delivered_at)
+SELECT 't', '{}', g, CASE WHEN g <= $3 THEN now() - interval '2 days' ELSE now() END
+FROM generate_series($1::bigint, $2::bigint) g`, lo, min(lo+chunk-1, n), expired)
+	}
+	exec(`UPDATE outbox.relay_state SET last_seq = $1`, n)
+	exec(`DELETE FROM outbox.events WHERE seq BETWEEN 10 AND 20`)
+	exec(`ANALYZE outbox.events`)
 }
 
 // Retention's statements cost one seq range each, whatever is retained:
