@@ -288,13 +288,12 @@ func (c *client) catchUp(resume bool) {
 			memBuf, scannedTo, fromMemory = mem, to, true
 			h.metrics.pagesMemory.Add(1)
 			for i := range memBuf {
-				switch c.writeCaughtUp(ctx, wait, memBuf[i].seq, memBuf[i].frame, memBuf[i].topic, gen) {
-				case writeStop:
+				res := c.writeCaughtUp(ctx, wait, memBuf[i].seq, memBuf[i].frame, memBuf[i].topic, gen)
+				if res == writeStop {
 					return
-				case writeRefiltered:
-					refiltered = true
 				}
-				if refiltered {
+				if res == writeRefiltered {
+					refiltered = true
 					break
 				}
 			}
