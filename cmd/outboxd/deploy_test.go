@@ -159,13 +159,7 @@ func TestReconnectStormThroughOneAddress(t *testing.T) {
 	}
 	// Live followers start from the head: wait until every one is in, then
 	// one more event proves each is following.
-	deadline := time.Now().Add(60 * time.Second)
-	for connected(t, p) < clients {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d connected", connected(t, p), clients)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitConnected(t, p, clients, time.Minute)
 	db.Exec(t, `SELECT outbox.emit('task_event', '{"n": 2}')`)
 	for _, f := range followers {
 		f.WaitFor(2, 30*time.Second)
@@ -240,13 +234,7 @@ func TestResumeStormDoesNotStarveTheRelay(t *testing.T) {
 	for i := range followers {
 		followers[i] = proctest.Follow(t, tok, []string{p.Addr}, 0)
 	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for connected(t, p) < clients {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d connected", connected(t, p), clients)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitConnected(t, p, clients, 2*time.Minute)
 	db.Exec(t, `SELECT outbox.emit('task_event', '{"n": 1}')`)
 	for _, f := range followers {
 		f.WaitFor(2, time.Minute)
@@ -274,12 +262,7 @@ func TestResumeStormDoesNotStarveTheRelay(t *testing.T) {
 	}
 	_ = p.Wait()
 	restarted := startOutboxdAt(t, db, p.Addr, "LOG_LEVEL=info", "MAX_CONNECTIONS_PER_USER=0")
-	for connected(t, restarted) < clients {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d resumed", connected(t, restarted), clients)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitConnected(t, restarted, clients, 2*time.Minute)
 	stop()
 	n := <-produced
 	// An Exec cancelled by stop() may have committed: count the rows.

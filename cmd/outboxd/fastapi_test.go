@@ -73,21 +73,17 @@ func (p *page) wait(sel, want string) time.Duration {
 	p.t.Helper()
 	start := time.Now()
 	var got string
-	for time.Since(start) < 20*time.Second {
-		var err error
+	eventually(p.t, 20*time.Second, func() bool {
 		// Evaluate, not TextContent: the page re-renders under it, and a node
 		// looked up by the latter may be gone by the time it is read.
+		var err error
 		if got, err = chromedp.Run(p.ctx, chromedp.Evaluate[string](fmt.Sprintf(
 			`(document.querySelector(%q) || {textContent: ""}).textContent`, sel))); err != nil {
 			p.t.Fatal(err)
 		}
-		if strings.Contains(got, want) {
-			return time.Since(start)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	p.t.Fatalf("%s never showed %q; it shows %q", sel, want, got)
-	return 0
+		return strings.Contains(got, want)
+	}, func() string { return fmt.Sprintf("%s never showed %q; it shows %q", sel, want, got) })
+	return time.Since(start)
 }
 
 func (p *page) eval(js string) string {
@@ -132,20 +128,14 @@ func TestFastAPIAppInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = app.Process.Kill(); _ = app.Wait() })
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	eventually(t, 30*time.Second, func() bool {
 		resp, err := http.Get("http://" + appAddr + "/api/users")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the app did not start: %v\n%s", err, appLog.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}, func() string { return "the app did not start:\n" + appLog.String() })
 	admin := loginApp(t, "http://"+appAddr, "admin")
 	admin.must("POST", "/api/tasks", map[string]string{"title": "Antes de abrir", "assignee": "op2"})
 

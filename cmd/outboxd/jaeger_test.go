@@ -109,13 +109,8 @@ func TestTracesInJaeger(t *testing.T) {
 		}
 		return json.NewDecoder(resp.Body).Decode(v)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for get("/api/services", &map[string]any{}) != nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("Jaeger did not start:\n%s", jlog.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	eventually(t, time.Minute, func() bool { return get("/api/services", &map[string]any{}) == nil },
+		func() string { return "Jaeger did not start:\n" + jlog.String() })
 
 	otel := []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + otlpHTTP, "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
 		"OTEL_METRICS_EXPORTER=none", "OTEL_BSP_SCHEDULE_DELAY=100"}
@@ -146,7 +141,7 @@ func TestTracesInJaeger(t *testing.T) {
 		t.Fatalf("event %v %v", ev, err)
 	}
 
-	checkLinked(t, get, time.Now().Add(60*time.Second), "go-producer", jlog.String())
+	checkLinked(t, get, time.Minute, "go-producer", jlog.String())
 
 	// The Python example, with the W3C header and the span export by hand.
 	py := exec.Command(pythonPath(), "examples/python-sqlalchemy/producer.py", "--count", "1", "--rate", "0")
@@ -159,41 +154,46 @@ func TestTracesInJaeger(t *testing.T) {
 	if err := conn.ReadJSON(&ev); err != nil || ev["seq"] != 2.0 {
 		t.Fatalf("event %v %v", ev, err)
 	}
-	checkLinked(t, get, time.Now().Add(60*time.Second), "python-producer", jlog.String())
+	checkLinked(t, get, time.Minute, "python-producer", jlog.String())
 }
 
 // checkLinked finds, through Jaeger's query API, an outboxd "process …"
 // span linked to a trace whose span comes from service, and that trace in
 // Jaeger too.
-func checkLinked(t *testing.T, get func(string, any) error, deadline time.Time, service, jlog string) {
+func checkLinked(t *testing.T, get func(string, any) error, d time.Duration, service, jlog string) {
 	t.Helper()
-	for time.Now().Before(deadline) {
-		var res struct{ Data []jaegerTrace }
-		if err := get("/api/traces?service=outboxd&limit=100&lookback=1h", &res); err == nil {
-			for _, tr := range res.Data {
-				for _, s := range tr.Spans {
-					if !strings.HasPrefix(s.OperationName, "process ") {
-						continue
-					}
-					for _, r := range s.References {
-						if r.TraceID == s.TraceID {
-							continue
-						}
-						var prod struct{ Data []jaegerTrace }
-						if get("/api/traces/"+r.TraceID, &prod) != nil || len(prod.Data) != 1 {
-							continue
-						}
-						for _, ps := range prod.Data[0].Spans {
-							if prod.Data[0].Processes[ps.ProcessID].ServiceName == service && ps.OperationName == "demo operation" &&
-								ps.SpanID == r.SpanID {
-								return
-							}
-						}
+	eventually(t, d, func() bool { return linked(get, service) },
+		func() string { return "no outboxd process span linked to a " + service + " span in Jaeger:\n" + jlog })
+}
+
+// linked reports whether Jaeger holds an outboxd "process …" span linked to
+// a "demo operation" span of service, itself in Jaeger.
+func linked(get func(string, any) error, service string) bool {
+	var res struct{ Data []jaegerTrace }
+	if get("/api/traces?service=outboxd&limit=100&lookback=1h", &res) != nil {
+		return false
+	}
+	for _, tr := range res.Data {
+		for _, s := range tr.Spans {
+			if !strings.HasPrefix(s.OperationName, "process ") {
+				continue
+			}
+			for _, r := range s.References {
+				if r.TraceID == s.TraceID {
+					continue
+				}
+				var prod struct{ Data []jaegerTrace }
+				if get("/api/traces/"+r.TraceID, &prod) != nil || len(prod.Data) != 1 {
+					continue
+				}
+				for _, ps := range prod.Data[0].Spans {
+					if prod.Data[0].Processes[ps.ProcessID].ServiceName == service && ps.OperationName == "demo operation" &&
+						ps.SpanID == r.SpanID {
+						return true
 					}
 				}
 			}
 		}
-		time.Sleep(200 * time.Millisecond)
 	}
-	t.Fatalf("no outboxd process span linked to a %s span in Jaeger:\n%s", service, jlog)
+	return false
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/url"
 	"os"
 	"os/exec"
@@ -194,4 +195,28 @@ func TestMigrateSubcommand(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "sideways") {
 		t.Fatalf("bad subcommand: %v %s", err, out)
 	}
+}
+
+// eventually polls cond until it holds, or fails the test after d with
+// what (called then, so it can say how far things got).
+func eventually(t *testing.T, d time.Duration, cond func() bool, what func() string) {
+	t.Helper()
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline.C:
+			t.Fatalf("timed out after %s: %s", d, what())
+		case <-tick.C:
+		}
+	}
+}
+
+// waitConnected waits until p has n sessions.
+func waitConnected(t *testing.T, p *proctest.Process, n int, d time.Duration) {
+	t.Helper()
+	eventually(t, d, func() bool { return connected(t, p) >= n },
+		func() string { return fmt.Sprintf("%d of %d connected", connected(t, p), n) })
 }
