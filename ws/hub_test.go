@@ -521,6 +521,9 @@ func TestStatsShapeAndTestBroadcast(t *testing.T) {
 	for _, c := range []*wsClient{c1, c2, c3} {
 		c.events(1, 5*time.Second)
 	}
+	// Dispatch counts an event's frames once it has queued them all: a
+	// client may read its frame before that.
+	waitFor(t, 5*time.Second, "the event counted", func() bool { return e.hub.metrics.messagesSent.Load() == 3 })
 
 	resp, err := http.Post(e.srv.URL+"/ws/_test/broadcast", "application/json",
 		strings.NewReader(`{"title":"Hola","content":"Prueba","level":"warning"}`))
