@@ -132,15 +132,7 @@ func mustAtoi(s string) int { n, _ := strconv.Atoi(s); return n }
 
 func (c *centrifugo) pid() int { return c.cmd.Process.Pid }
 
-func (c *centrifugo) stop() {
-	_ = c.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-c.done:
-	case <-time.After(10 * time.Second):
-		_ = c.cmd.Process.Kill()
-		<-c.done
-	}
-}
+func (c *centrifugo) stop() { interruptAndWait(c.cmd, c.done) }
 
 // dial connects a client with a token that subscribes it to the channel
 // (server-side subscription), and waits for the connect reply.

@@ -175,13 +175,17 @@ func (e *benchEnv) startSidecarAt(ctx context.Context, addr string, shipped bool
 	return nil, fmt.Errorf("outboxd not ready on %s", addr)
 }
 
-func (s *sidecar) stop() {
-	_ = s.cmd.Process.Signal(os.Interrupt)
+func (s *sidecar) stop() { interruptAndWait(s.cmd, s.done) }
+
+// interruptAndWait stops a process started here: SIGINT, then SIGKILL if
+// it has not exited (done closed) within 10 s.
+func interruptAndWait(cmd *exec.Cmd, done <-chan struct{}) {
+	_ = cmd.Process.Signal(os.Interrupt)
 	select {
-	case <-s.done:
+	case <-done:
 	case <-time.After(10 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.done
+		_ = cmd.Process.Kill()
+		<-done
 	}
 }
 

@@ -185,19 +185,29 @@ func load(ctx context.Context, e *benchEnv, clients int, spec loadSpec) (result,
 	return loadOn(ctx, pool, sc, clients, spec)
 }
 
+// connectAt connects clients to sv and reads the position they start at.
+func connectAt(ctx context.Context, pool *pgxpool.Pool, sv server, clients int) ([]*client, int64, error) {
+	cs, err := connectClients(ctx, sv.dial, clients, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	first, err := sv.position(ctx, pool)
+	if err != nil {
+		closeClients(cs)
+		return nil, 0, err
+	}
+	return cs, first, nil
+}
+
 // loadOn runs spec against a running server (outboxd or a peer) with
 // clients connected to it, and measures what they receive.
 func loadOn(ctx context.Context, pool *pgxpool.Pool, sv server, clients int, spec loadSpec) (result, error) {
 	var r result
-	cs, err := connectClients(ctx, sv.dial, clients, nil)
+	cs, first, err := connectAt(ctx, pool, sv, clients)
 	if err != nil {
 		return r, err
 	}
 	defer closeClients(cs)
-	first, err := sv.position(ctx, pool)
-	if err != nil {
-		return r, err
-	}
 	spec.insert = sv.inserter()
 	var committed atomic.Int64
 	before, _ := sampleProc(sv.pid())

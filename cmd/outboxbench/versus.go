@@ -90,15 +90,11 @@ func (e *benchEnv) versusRun(ctx context.Context, sys string, clients, rate, bur
 // drain to every client: n / (commit → last client's last event).
 func burstOn(ctx context.Context, pool *pgxpool.Pool, sv server, clients, n int) (result, error) {
 	var r result
-	cs, err := connectClients(ctx, sv.dial, clients, nil)
+	cs, first, err := connectAt(ctx, pool, sv, clients)
 	if err != nil {
 		return r, err
 	}
 	defer closeClients(cs)
-	first, err := sv.position(ctx, pool)
-	if err != nil {
-		return r, err
-	}
 	before, _ := sampleProc(sv.pid())
 	insert := sv.inserter()
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {

@@ -105,15 +105,7 @@ func TestBinaryRelaysAndStopsGracefully(t *testing.T) {
 	db := dbtest.NewEmpty(t) // AUTO_MIGRATE creates the schema
 	p := startOutboxd(t, db)
 	conn, tok := dialAs(t, p, "op1", "LEVEL_1")
-	read := func() map[string]any {
-		t.Helper()
-		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-		var m map[string]any
-		if err := conn.ReadJSON(&m); err != nil {
-			t.Fatal(err)
-		}
-		return m
-	}
+	read := func() map[string]any { t.Helper(); return readFrame(t, conn) }
 	if m := read(); m["type"] != "welcome" {
 		t.Fatalf("first frame %v", m)
 	}
@@ -195,6 +187,17 @@ func TestMigrateSubcommand(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "sideways") {
 		t.Fatalf("bad subcommand: %v %s", err, out)
 	}
+}
+
+// readFrame reads one JSON frame within 10 s, or fails the test.
+func readFrame(t *testing.T, conn *websocket.Conn) map[string]any {
+	t.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var m map[string]any
+	if err := conn.ReadJSON(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 // eventually polls cond until it holds, or fails the test after d with

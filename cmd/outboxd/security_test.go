@@ -263,15 +263,7 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	}
 	p := proctest.Start(t, binary, proctest.FreeAddr(t), "DATABASE_URL="+asRole(sidecar), "AUTO_MIGRATE=false", "OUTBOX_RETENTION=1m")
 	conn, _ := dialAs(t, p, "u1", "LEVEL_1")
-	read := func() map[string]any {
-		t.Helper()
-		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-		var m map[string]any
-		if err := conn.ReadJSON(&m); err != nil {
-			t.Fatal(err)
-		}
-		return m
-	}
+	read := func() map[string]any { t.Helper(); return readFrame(t, conn) }
 	read() // welcome
 
 	pool, err := pgxpool.New(ctx, asRole(producer))
