@@ -56,6 +56,14 @@ type SequencerConfig struct {
 	LingerPoll time.Duration
 	// QueryTimeout bounds every statement and the batch transaction (10 s).
 	QueryTimeout time.Duration
+	// Handoff, if set, receives the rows of every committed batch (the
+	// local fast path, a Tailer): it spares the local hub the NOTIFY → read
+	// round trip. Other replicas still read what the NOTIFY announces.
+	Handoff Handoff
+	// HandoffBytes bounds the payload bytes handed off per batch
+	// (TailBatchBytesDefault): the rest of a larger batch is read from the
+	// table by the tailer.
+	HandoffBytes int
 	// TracerProvider and MeterProvider default to the OTel globals.
 	TracerProvider trace.TracerProvider
 	MeterProvider  metric.MeterProvider
@@ -82,6 +90,9 @@ func (c *SequencerConfig) setDefaults() {
 		c.LingerPoll = LingerPollDefault
 	}
 	c.LingerPoll = min(max(c.LingerPoll, c.MinPollInterval), c.PollInterval)
+	if c.HandoffBytes <= 0 {
+		c.HandoffBytes = TailBatchBytesDefault
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -181,14 +192,20 @@ func NewSequencer(pool *pgxpool.Pool, cfg SequencerConfig) *Sequencer {
 const lockSQL = `SELECT last_seq FROM outbox.relay_state FOR UPDATE SKIP LOCKED`
 
 // sequenceSQL numbers up to $1 pending rows after $2 (the locked last_seq),
-// advances relay_state and notifies, all in one statement.
+// advances relay_state and notifies, all in one statement, and returns the
+// numbered rows in seq order for the local hand-off (Handoff): the payload
+// of a row only while the batch's payloads so far (their stored size) fit
+// in $3 bytes, NULL after that — payload is NOT NULL in the table, so a
+// NULL marks the end of what is handed off; the rest is read from the table
+// by the tailer as usual. The rows are the UPDATE's RETURNING, so they are
+// exactly what the transaction numbered.
 const sequenceSQL = `WITH batch AS (
   SELECT id, $2::bigint + row_number() OVER (ORDER BY id) AS seq
   FROM (SELECT id FROM outbox.events WHERE seq IS NULL ORDER BY id LIMIT $1) pending
 ), upd AS (
   UPDATE outbox.events e SET seq = b.seq, delivered_at = now()
   FROM batch b WHERE e.id = b.id
-  RETURNING b.seq
+  RETURNING e.id, b.seq, e.topic, e.payload, e.target_users, e.target_roles, coalesce(e.traceparent, '') AS traceparent, e.created_at
 ), agg AS (
   SELECT count(*) AS n, coalesce(max(seq), $2::bigint) AS last FROM upd
 ), st AS (
@@ -196,10 +213,26 @@ const sequenceSQL = `WITH batch AS (
 ), notified AS (
   SELECT pg_notify('` + NotifyChannel + `', last_seq::text) FROM st
 )
-SELECT agg.n, agg.last, (SELECT count(*) FROM notified) FROM agg`
+SELECT id, seq, topic,
+  CASE WHEN sum(pg_column_size(payload)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) <= $3 THEN payload END,
+  target_users, target_roles, traceparent, created_at, (SELECT count(*) FROM notified)
+FROM upd ORDER BY seq`
+
+// Handoff receives the batches the local sequencer commits, in seq order,
+// on the sequencer's goroutine; neither method may block. Tailer is one.
+type Handoff interface {
+	// Committing announces that a batch whose handed-off rows end at last
+	// is being committed (0: it failed to commit). A reader that hears of
+	// rows up to last meanwhile can wait for Offer instead of reading them.
+	Committing(last int64)
+	// Offer hands over the rows of a committed batch; it ends Committing.
+	Offer(events []Event)
+}
 
 // SequenceOnce runs one batch and returns how many rows it numbered.
-// It returns ErrLockHeld when another sequencer is running.
+// It returns ErrLockHeld when another sequencer is running. Once the batch
+// has committed, the rows it numbered (as many as fit in HandoffBytes) go
+// to Handoff.
 func (s *Sequencer) SequenceOnce(ctx context.Context) (n int, err error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
@@ -227,17 +260,64 @@ func (s *Sequencer) SequenceOnce(ctx context.Context) (n int, err error) {
 		}
 		return 0, fmt.Errorf("relay: sequencer lock: %w", err)
 	}
-	var newLast, notified int64
-	if err := tx.QueryRow(ctx, sequenceSQL, s.cfg.BatchSize, last).Scan(&n, &newLast, &notified); err != nil {
+	handoff, n, err := s.sequence(ctx, tx, last)
+	if err != nil {
 		return 0, fmt.Errorf("relay: sequence batch: %w", err)
 	}
 	if s.testHookAfterBatch != nil && n > 0 {
 		s.testHookAfterBatch()
 	}
+	if len(handoff) > 0 {
+		s.cfg.Handoff.Committing(handoff[len(handoff)-1].Seq)
+	}
 	if err := tx.Commit(ctx); err != nil {
+		if len(handoff) > 0 {
+			s.cfg.Handoff.Committing(0)
+		}
 		return 0, fmt.Errorf("relay: sequencer commit: %w", err)
 	}
+	// Only now are the seqs durable: a client may see them.
+	if len(handoff) > 0 {
+		s.cfg.Handoff.Offer(handoff)
+	}
 	return n, nil
+}
+
+// sequence runs sequenceSQL after last and returns the rows to hand off (a
+// prefix of the batch within HandoffBytes; nil without a Handoff) and the
+// batch's size.
+func (s *Sequencer) sequence(ctx context.Context, tx pgx.Tx, last int64) (handoff []Event, n int, err error) {
+	limit := s.cfg.HandoffBytes
+	if s.cfg.Handoff == nil {
+		limit = -1 // no payload comes back
+	}
+	rows, err := tx.Query(ctx, sequenceSQL, s.cfg.BatchSize, last, limit)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	kept, bytes := true, 0
+	for rows.Next() {
+		n++
+		if !kept {
+			continue
+		}
+		var e Event
+		var payload []byte
+		var notified int64
+		if err := rows.Scan(&e.ID, &e.Seq, &e.Topic, &payload, &e.Users, &e.Roles, &e.Traceparent, &e.CreatedAt, &notified); err != nil {
+			return nil, 0, err
+		}
+		// The stored size is compressed: hold the real bytes to the budget too.
+		if bytes += len(payload); payload == nil || bytes > s.cfg.HandoffBytes {
+			kept = false
+			continue
+		}
+		e.Payload, e.CreatedAt = payload, e.CreatedAt.UTC()
+		handoff = append(handoff, e)
+	}
+	rows.Close()
+	return handoff, n, rows.Err()
 }
 
 // observeBatch records a committed batch. The span is created after the

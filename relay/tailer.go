@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -98,6 +99,22 @@ type Tailer struct {
 	// testSignalListening after each successful LISTEN (tests).
 	testSignalPinged    func()
 	testSignalListening func()
+
+	// offered holds batches handed over by the local sequencer (Offer),
+	// within cfg.BatchBytes; taken whole by the run loop.
+	offerMu      sync.Mutex
+	offered      []Event
+	offeredBytes int
+	// committing is the last seq of an offer the local sequencer is
+	// committing (Committing), 0 if none.
+	committing atomic.Int64
+	// mustRead asks the run loop to read the table whatever the head it
+	// heard of (set after every LISTEN: notifications may have been missed
+	// meanwhile).
+	mustRead atomic.Bool
+	// handedOff and read count the events dispatched from Offer and from
+	// table reads.
+	handedOff, read atomic.Int64
 }
 
 // Rebaser is implemented by a Dispatcher that can follow the tailer onto
@@ -185,6 +202,7 @@ func (t *Tailer) listenOnce(ctx context.Context, bo *backoff.Backoff) error {
 	if t.testSignalListening != nil {
 		t.testSignalListening()
 	}
+	t.mustRead.Store(true)
 	t.poke() // catch up with whatever was sequenced while not listening
 	for {
 		wctx, cancel := context.WithTimeout(ctx, t.cfg.ListenPing)
@@ -234,8 +252,9 @@ func (t *Tailer) run(ctx context.Context) {
 	}
 	ticker := time.NewTicker(t.cfg.FallbackPoll)
 	defer ticker.Stop()
+	readTable := true
 	for {
-		if err := t.drain(ctx); err != nil {
+		if err := t.step(ctx, readTable); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -244,20 +263,105 @@ func (t *Tailer) run(ctx context.Context) {
 			if !bo.Wait(ctx) {
 				return
 			}
+			readTable = true // an offer that failed to dispatch is in the table
 			continue
 		}
 		bo.Reset()
+		readTable = false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.wake:
 		case <-ticker.C:
+			readTable = true
 			if err := t.checkHistory(ctx); err != nil && ctx.Err() == nil {
 				t.cfg.Logger.Warn("tailer history check failed", "err", err)
 				recoverPool(t.pool, err, t.cfg.Logger)
 			}
 		}
 	}
+}
+
+// Committing records that the local sequencer is committing a batch whose
+// offer will end at last (0: the commit failed): a notification meanwhile
+// does not send the tailer to the table, the offer follows (Handoff).
+func (t *Tailer) Committing(last int64) {
+	t.committing.Store(last)
+	if last == 0 {
+		t.poke()
+	}
+}
+
+// Offer hands the tailer the rows of a batch the local sequencer has just
+// committed (Handoff): when they follow its cursor they are dispatched
+// without the NOTIFY → read round trip; otherwise they are dropped and read
+// from the table as usual. It never blocks: beyond BatchBytes of offered
+// payload the older offers are dropped (they are in the table).
+func (t *Tailer) Offer(events []Event) {
+	n := 0
+	for i := range events {
+		n += len(events[i].Payload)
+	}
+	t.offerMu.Lock()
+	if len(t.offered) > 0 && (t.offered[len(t.offered)-1].Seq+1 != events[0].Seq || t.offeredBytes+n > t.cfg.BatchBytes) {
+		t.offered, t.offeredBytes = nil, 0
+	}
+	t.offered = append(t.offered, events...)
+	t.offeredBytes += n
+	t.offerMu.Unlock()
+	t.committing.Store(0)
+	t.poke()
+}
+
+var _ Handoff = (*Tailer)(nil)
+
+// Handed reports how many events were dispatched from offers and how many
+// from table reads.
+func (t *Tailer) Handed() (offered, read int64) { return t.handedOff.Load(), t.read.Load() }
+
+// takeOffered dispatches the offered events that follow the cursor; an
+// offer that does not (another replica's batch came between, or an offer
+// was dropped) is left to the table read that the notifications ask for.
+func (t *Tailer) takeOffered(ctx context.Context) error {
+	t.offerMu.Lock()
+	evs := t.offered
+	t.offered, t.offeredBytes = nil, 0
+	t.offerMu.Unlock()
+	cursor := t.cursor.Load()
+	for len(evs) > 0 && evs[0].Seq <= cursor {
+		evs = evs[1:] // already read from the table
+	}
+	if len(evs) == 0 || evs[0].Seq != cursor+1 {
+		return nil
+	}
+	if err := t.d.Dispatch(ctx, evs); err != nil {
+		return fmt.Errorf("dispatch: %w", err)
+	}
+	last := evs[len(evs)-1].Seq
+	t.cursor.Store(last)
+	if last > t.head.Load() {
+		t.head.Store(last)
+	}
+	t.handedOff.Add(int64(len(evs)))
+	return nil
+}
+
+// step dispatches what the local sequencer offered, then reads the table
+// when asked to (start, fallback poll, retry, a LISTEN (re)established) or
+// when a notification announced a head beyond the cursor — unless the
+// local sequencer is committing a batch: its offer comes first (or its
+// failure, which pokes), and what the offer does not cover is read after.
+func (t *Tailer) step(ctx context.Context, readTable bool) error {
+	if err := t.takeOffered(ctx); err != nil {
+		return err
+	}
+	if t.mustRead.Swap(false) {
+		readTable = true
+	}
+	if readTable || (t.head.Load() > t.cursor.Load() && t.committing.Load() == 0) {
+		return t.drain(ctx)
+	}
+	return nil
 }
 
 // checkHistory compares the database's history with the cursor's. Another
@@ -347,6 +451,7 @@ func (t *Tailer) drain(ctx context.Context) error {
 		if err := t.d.Dispatch(ctx, buf); err != nil {
 			return fmt.Errorf("dispatch: %w", err)
 		}
+		t.read.Add(int64(len(buf)))
 		last := buf[len(buf)-1].Seq
 		t.cursor.Store(last)
 		if last > t.head.Load() {

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/grupogad/outboxd/internal/backoff"
 
@@ -59,6 +60,10 @@ type client struct {
 
 	msgLimiter *rate.Limiter // client frames; nil: unlimited
 
+	// batch: the client allows several events per frame (batch=1), so
+	// Dispatch holds its frames in pending and writes them as one.
+	batch bool
+
 	// overSince is when the client last went over ReplayMax behind, and
 	// overBehind how far behind it was then; catch-up goroutine only.
 	overSince  time.Time
@@ -95,6 +100,12 @@ type client struct {
 	closeAt int64
 	closeAs CloseError
 	closing atomic.Bool
+	// pending are event frames Dispatch routed to a batch session and has
+	// not written yet (their queue places are reserved, cursor covers
+	// them); flushPending writes them as one frame, before anything else
+	// is written for the session and at the end of every Dispatch.
+	pending      [][]byte
+	pendingBytes int // their bytes, with a separator each
 
 	// inflight counts frames queued in melody and not yet written, so that a
 	// write never meets a full melody queue (which would drop the frame).
@@ -123,12 +134,20 @@ func (c *client) allowFrame() bool {
 // most limit frames, and for events at most SendBufferBytes queued (a
 // frame larger than that still goes, alone). It reports false when full.
 func (c *client) reserve(limit int32, n int, isEvent bool) bool {
-	if c.inflight.Add(1) > limit {
-		c.inflight.Add(-1)
+	return c.reserveSlots(limit, 1, n, isEvent)
+}
+
+// reserveSlots is reserve for a frame that takes slots queue places: 0 for
+// an event joining a batch session's pending frame, whose place the first
+// pending event took.
+func (c *client) reserveSlots(limit, slots int32, n int, isEvent bool) bool {
+	if c.inflight.Add(slots) > limit && slots > 0 {
+		c.inflight.Add(-slots)
 		return false
 	}
 	if b := c.inflightBytes.Add(int64(n)); isEvent && b > int64(c.hub.cfg.SendBufferBytes) && b != int64(n) {
-		c.unreserve(n)
+		c.inflight.Add(-slots)
+		c.inflightBytes.Add(-int64(n))
 		return false
 	}
 	return true
@@ -154,24 +173,126 @@ func (c *client) writeControl(frame []byte) bool {
 
 // deliverLive is Dispatch's path: write if live and there is room, else
 // switch to catching up from the table. It reports whether it queued the
-// frame.
-func (c *client) deliverLive(seq int64, frame []byte) bool {
+// frame, and held whether the frame is the first one pending for a batch
+// session (Dispatch then flushes the session at the end of the batch).
+func (c *client) deliverLive(seq int64, frame []byte, merge *frameMerger) (queued, held bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.state != stateLive || seq <= c.cursor || (c.closeAt != 0 && seq > c.closeAt) {
-		return false
+		return false, false
 	}
-	if !c.reserve(int32(c.hub.cfg.SendBuffer-controlReserve), len(frame), true) {
+	slots := int32(1)
+	if len(c.pending) > 0 {
+		slots = 0 // joins the pending frame, which has its place
+	}
+	if !c.reserveSlots(int32(c.hub.cfg.SendBuffer-controlReserve), slots, len(frame), true) {
+		// What is pending goes first: the catch-up starts after it.
+		c.flushPending(merge)
 		c.state = stateCatchUp
 		c.hub.metrics.catchUp()
 		go c.catchUp(false)
-		return false
-	}
-	if err := c.out.Write(frame); err != nil {
-		c.unreserve(len(frame))
-		return false
+		return false, false
 	}
 	c.cursor = seq
+	if !c.batch {
+		if err := c.out.Write(frame); err != nil {
+			c.unreserve(len(frame))
+			return false, false
+		}
+		return true, false
+	}
+	c.pending = append(c.pending, frame)
+	c.pendingBytes += len(frame) + 1
+	if c.pendingBytes >= batchFrameBytes {
+		c.flushPending(merge)
+	}
+	return true, len(c.pending) == 1
+}
+
+// batchFrameBytes is about the most a batched frame holds: a frame is
+// written when its events reach it (one event larger than it goes alone).
+const batchFrameBytes = 64 << 10
+
+// flushPending writes the pending frames as one (c.mu held). They reserved
+// one queue place and their bytes; the separators are added.
+func (c *client) flushPending(merge *frameMerger) {
+	k := len(c.pending)
+	if k == 0 {
+		return
+	}
+	frame := c.pending[0]
+	if k > 1 {
+		frame = merge.join(c.pending, c.pendingBytes-1)
+		c.inflightBytes.Add(int64(k - 1)) // the separators
+	}
+	clear(c.pending)
+	c.pending, c.pendingBytes = c.pending[:0], 0
+	if err := c.out.Write(frame); err != nil {
+		c.unreserve(len(frame))
+	}
+}
+
+// frameMerger joins the pending frames of batch sessions, once per distinct
+// list of frames within one Dispatch: the sessions of a broadcast share
+// one joined frame. Dispatch's goroutine only (or a caller's own).
+type frameMerger struct {
+	joined map[mergeKey]mergeEntry
+}
+
+type mergeKey struct {
+	first, last *byte
+	n           int
+}
+
+type mergeEntry struct {
+	frames [][]byte
+	joined []byte
+}
+
+// join returns frames joined by "\n" (size bytes), shared with every
+// earlier call in this batch for the same frames.
+func (m *frameMerger) join(frames [][]byte, size int) []byte {
+	if m == nil {
+		return joinFrames(frames, size)
+	}
+	key := mergeKey{unsafe.SliceData(frames[0]), unsafe.SliceData(frames[len(frames)-1]), len(frames)}
+	if e, ok := m.joined[key]; ok && sameFrames(e.frames, frames) {
+		return e.joined
+	}
+	out := joinFrames(frames, size)
+	if m.joined == nil {
+		m.joined = make(map[mergeKey]mergeEntry)
+	}
+	m.joined[key] = mergeEntry{slices.Clone(frames), out}
+	return out
+}
+
+// joinFrames joins frames by "\n" (size bytes in all).
+func joinFrames(frames [][]byte, size int) []byte {
+	out := make([]byte, 0, size)
+	for i, f := range frames {
+		if i > 0 {
+			out = append(out, '\n')
+		}
+		out = append(out, f...)
+	}
+	return out
+}
+
+// reset forgets the joined frames (end of a Dispatch).
+func (m *frameMerger) reset() { clear(m.joined) }
+
+// sameFrames reports whether a and b are the same frames (the same
+// memory, not just equal bytes).
+func sameFrames(a, b [][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if len(a[i]) != len(b[i]) || unsafe.SliceData(a[i]) != unsafe.SliceData(b[i]) {
+			return false
+		}
+	}
 	return true
 }
 
@@ -255,6 +376,7 @@ func (c *client) catchUp(resume bool) {
 	var bo backoff.Backoff
 	var buf []relay.Event // allocated on the first table read only
 	var memBuf []recentItem
+	var run []caughtUp
 	wait := time.NewTimer(time.Hour)
 	defer wait.Stop()
 	for !c.closed() {
@@ -287,16 +409,19 @@ func (c *client) catchUp(resume bool) {
 		if mem, to, ok := h.recent.after(cursor, catchUpBatch, c, topics, memBuf[:0]); ok {
 			memBuf, scannedTo, fromMemory = mem, to, true
 			h.metrics.pagesMemory.Add(1)
-			for i := range memBuf {
-				res := c.writeCaughtUp(ctx, wait, memBuf[i].seq, memBuf[i].frame, memBuf[i].topic, gen)
-				if res == writeStop {
-					return
-				}
-				if res == writeRefiltered {
-					refiltered = true
-					break
-				}
+			w := runWriter{c: c, ctx: ctx, wait: wait, gen: gen, run: run[:0]}
+			res := written
+			for i := 0; i < len(memBuf) && res == written; i++ {
+				res = w.add(memBuf[i].seq, memBuf[i].frame, memBuf[i].topic)
 			}
+			if res == written {
+				res = w.flush()
+			}
+			run = w.run
+			if res == writeStop {
+				return
+			}
+			refiltered = res == writeRefiltered
 		}
 		if !fromMemory {
 			if buf == nil {
@@ -369,20 +494,25 @@ func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int
 		}
 		return 0, buf, true, false, nil
 	}
-	for i := range buf {
-		switch c.writeCaughtUp(ctx, wait, buf[i].Seq, encodeEvent(&buf[i]), buf[i].Topic, gen) {
-		case writeStop:
-			return 0, buf, true, false, nil
-		case writeRefiltered:
-			return 0, buf, false, true, nil
-		}
+	w := runWriter{c: c, ctx: ctx, wait: wait, gen: gen}
+	res := written
+	for i := 0; i < len(buf) && res == written; i++ {
+		res = w.add(buf[i].Seq, encodeEvent(&buf[i]), buf[i].Topic)
 		buf[i].Payload = nil // the frame has it now
+	}
+	if res == written {
+		res = w.flush()
+	}
+	switch res {
+	case writeStop:
+		return 0, buf, true, false, nil
+	case writeRefiltered:
+		return 0, buf, false, true, nil
 	}
 	return page.ScannedTo, buf, false, false, nil
 }
 
-// writeCaughtUp queues one caught-up frame when the queue has room; false
-// if the client went away or was cut.
+// writeResult is how writing caught-up events ended.
 type writeResult int
 
 const (
@@ -391,16 +521,92 @@ const (
 	writeRefiltered             // the filter changed since the page was read: nothing written
 )
 
-func (c *client) writeCaughtUp(ctx context.Context, wait *time.Timer, seq int64, frame []byte, topic string, gen uint64) writeResult {
+// caughtUp is one event of a catch-up page.
+type caughtUp struct {
+	seq   int64
+	frame []byte
+	topic string
+}
+
+// runWriter queues a catch-up page's events in seq order, when the queue
+// has room: one frame each, or for a batch session runs of up to
+// batchFrameBytes joined into one frame.
+type runWriter struct {
+	c     *client
+	ctx   context.Context
+	wait  *time.Timer
+	gen   uint64
+	run   []caughtUp
+	bytes int
+}
+
+func (w *runWriter) add(seq int64, frame []byte, topic string) writeResult {
+	if len(w.run) > 0 && w.bytes+len(frame) >= batchFrameBytes {
+		if res := w.flush(); res != written {
+			return res
+		}
+	}
+	w.run = append(w.run, caughtUp{seq, frame, topic})
+	w.bytes += len(frame) + 1
+	if !w.c.batch {
+		return w.flush()
+	}
+	return written
+}
+
+// flush queues the run as one frame.
+func (w *runWriter) flush() writeResult {
+	if len(w.run) == 0 {
+		return written
+	}
+	res := w.c.writeCaughtUp(w.ctx, w.wait, w.run, w.gen)
+	clear(w.run)
+	w.run, w.bytes = w.run[:0], 0
+	return res
+}
+
+// joinRun is the frame of a run: its events' frames joined by "\n".
+func joinRun(run []caughtUp) []byte {
+	if len(run) == 1 {
+		return run[0].frame
+	}
+	n := len(run) - 1
+	for _, e := range run {
+		n += len(e.frame)
+	}
+	out := make([]byte, 0, n)
+	for i, e := range run {
+		if i > 0 {
+			out = append(out, '\n')
+		}
+		out = append(out, e.frame...)
+	}
+	return out
+}
+
+// writeCaughtUp queues a run of caught-up events as one frame once the
+// queue has room.
+func (c *client) writeCaughtUp(ctx context.Context, wait *time.Timer, run []caughtUp, gen uint64) writeResult {
+	frame := joinRun(run)
 	if !c.waitForRoom(ctx, wait, len(frame)) {
 		return writeStop
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closeAt != 0 && seq > c.closeAt {
+	if c.closeAt != 0 && run[len(run)-1].seq > c.closeAt {
 		// Disconnected at closeAt: pages come in seq order, so every
-		// event before it is queued; nothing after it goes.
+		// event before it is queued with this run; nothing after it goes.
 		c.unreserve(len(frame))
+		keep := 0
+		for keep < len(run) && run[keep].seq <= c.closeAt {
+			keep++
+		}
+		if keep > 0 && c.filterGen == gen {
+			frame = joinRun(run[:keep])
+			c.inflight.Add(1) // the place just given back
+			c.inflightBytes.Add(int64(len(frame)))
+			c.queueRun(frame, run[:keep])
+		}
 		c.cursor = max(c.cursor, c.closeAt)
 		return writeStop
 	}
@@ -408,13 +614,23 @@ func (c *client) writeCaughtUp(ctx context.Context, wait *time.Timer, seq int64,
 		c.unreserve(len(frame))
 		return writeRefiltered
 	}
-	if err := c.out.Write(frame); err != nil {
-		c.unreserve(len(frame))
+	if !c.queueRun(frame, run) {
 		return writeStop
 	}
-	c.cursor = seq
-	c.hub.metrics.queued(topic, 1)
 	return written
+}
+
+// queueRun writes a run's reserved frame (c.mu held).
+func (c *client) queueRun(frame []byte, run []caughtUp) bool {
+	if err := c.out.Write(frame); err != nil {
+		c.unreserve(len(frame))
+		return false
+	}
+	c.cursor = run[len(run)-1].seq
+	for _, e := range run {
+		c.hub.metrics.queued(e.topic, 1)
+	}
+	return true
 }
 
 // disconnectAfter schedules the close of an outbox.disconnect at seq. A

@@ -1,6 +1,7 @@
 package ws
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -129,6 +131,9 @@ type wsClient struct {
 	mu     sync.Mutex
 	err    error // the read error that ended the stream (a CloseError for a close frame)
 	done   chan struct{}
+	// messages counts WebSocket messages (a batched one holds several
+	// envelopes).
+	messages atomic.Int64
 }
 
 type dialOpts struct {
@@ -191,14 +196,19 @@ func (c *wsClient) readLoop() {
 			c.mu.Unlock()
 			return
 		}
-		var f frame
-		if err := json.Unmarshal(b, &f); err != nil {
-			c.mu.Lock()
-			c.err = fmt.Errorf("bad frame %q: %w", b, err)
-			c.mu.Unlock()
-			return
+		c.messages.Add(1)
+		// A batch=1 client may get several envelopes per frame, one per
+		// line; no other frame holds a newline.
+		for _, line := range bytes.Split(b, []byte{'\n'}) {
+			var f frame
+			if err := json.Unmarshal(line, &f); err != nil {
+				c.mu.Lock()
+				c.err = fmt.Errorf("bad frame %q: %w", b, err)
+				c.mu.Unlock()
+				return
+			}
+			c.frames <- f
 		}
-		c.frames <- f
 	}
 }
 

@@ -96,13 +96,18 @@ func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
 		reject(http.StatusBadRequest, "invalid_topics", httpError{"invalid_topics", err.Error()})
 		return
 	}
+	batch, err := ParseBatch(q.Get("batch"))
+	if err != nil {
+		reject(http.StatusBadRequest, "invalid_batch", httpError{"invalid_batch", err.Error()})
+		return
+	}
 	if status, reason := h.overLimit(claims.UserID); status != 0 {
 		reject(status, reason, httpError{reason, "connection limit reached; retry later"})
 		return
 	}
 	c := &client{
 		hub: h, userID: claims.UserID, roles: claims.Roles, exp: claims.Expires,
-		remote: addr, since: since, hasSince: hasSince, epoch: epoch, topics: topicSet(topics), heapIdx: -1,
+		remote: addr, since: since, hasSince: hasSince, epoch: epoch, topics: topicSet(topics), heapIdx: -1, batch: batch,
 		sent: make(chan struct{}, 1), done: make(chan struct{}), upgraded: make(chan struct{}), handshake: span,
 	}
 	if l := h.cfg.Limits; l.MessageRate > 0 {

@@ -47,6 +47,10 @@ type Hub struct {
 	everyoneVersion uint64
 	everyoneValid   bool
 	targeted        []*client
+	// held are the batch sessions with pending frames in this Dispatch, and
+	// merge joins them (client.flushPending).
+	held  []*client
+	merge frameMerger
 	// routedSeq is the last event whose recipients were copied: written by
 	// Dispatch under the read lock, read under the write lock.
 	routedSeq int64
@@ -273,15 +277,28 @@ func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
 		frame := frames[i]
 		recipients := 0
 		for _, c := range h.recipientsOf(e) {
-			if c.deliverLive(e.Seq, frame) {
+			queued, held := c.deliverLive(e.Seq, frame, &h.merge)
+			if queued {
 				recipients++
+			}
+			if held {
+				h.held = append(h.held, c)
 			}
 		}
 		h.metrics.queued(e.Topic, recipients)
 		endProcessSpan(span, recipients)
 		h.dispatched = e.Seq
 	}
+	// Batch sessions get what this batch held for them in one frame each.
+	for _, c := range h.held {
+		c.mu.Lock()
+		c.flushPending(&h.merge)
+		c.mu.Unlock()
+	}
+	h.merge.reset()
 	// Hold no session past this batch.
+	clear(h.held)
+	h.held = h.held[:0]
 	clear(h.targeted)
 	clear(h.everyone)
 	h.everyone, h.everyoneValid = h.everyone[:0], false
@@ -487,6 +504,8 @@ func (h *Hub) subscribe(c *client, topics []string) {
 		return // closing
 	}
 	c.mu.Lock()
+	// Events routed under the old filter go before the answer.
+	c.flushPending(nil)
 	c.topics = topicSet(topics)
 	c.filterGen++
 	if c.state == stateLive {

@@ -93,7 +93,19 @@ func encodeEvent(e *relay.Event) []byte {
 	b = append(b, `,"timestamp":"`...)
 	b = e.CreatedAt.UTC().AppendFormat(b, timestampLayout)
 	b = append(b, `","data":`...)
-	b = append(b, bytes.TrimSpace(e.Payload)...)
+	// A frame never holds a raw newline (batched frames are split on
+	// them): PostgreSQL prints jsonb on one line; anything else is
+	// compacted.
+	if p := bytes.TrimSpace(e.Payload); bytes.IndexByte(p, '\n') < 0 {
+		b = append(b, p...)
+	} else {
+		var buf bytes.Buffer
+		if json.Compact(&buf, p) == nil {
+			b = append(b, buf.Bytes()...)
+		} else {
+			b = append(b, bytes.ReplaceAll(p, []byte{'\n'}, []byte{' '})...)
+		}
+	}
 	return append(b, '}')
 }
 
@@ -210,6 +222,19 @@ func ParseTopics(s string) ([]string, error) {
 		return nil, nil
 	}
 	return CheckTopics(strings.Split(s, ","))
+}
+
+// ParseBatch parses the batch query parameter: "1" (or "true") lets the
+// server put several envelopes in one text frame, separated by "\n"; ""
+// (absent), "0" or "false" keeps one JSON object per frame.
+func ParseBatch(s string) (bool, error) {
+	switch s {
+	case "", "0", "false":
+		return false, nil
+	case "1", "true":
+		return true, nil
+	}
+	return false, fmt.Errorf("batch %q: want 1 or 0", truncate(s, 20))
 }
 
 // DecodeClientMessage parses a client frame. It accepts a JSON object with a

@@ -165,6 +165,19 @@ var (
 // socket, reading created_at back from the frame (always at the same place
 // in encodeEvent's output).
 func (h *Hub) observeSent(frame []byte) {
+	// A batched frame holds several events, one per line.
+	for {
+		i := bytes.IndexByte(frame, '\n')
+		if i < 0 {
+			break
+		}
+		h.observeSentOne(frame[:i])
+		frame = frame[i+1:]
+	}
+	h.observeSentOne(frame)
+}
+
+func (h *Hub) observeSentOne(frame []byte) {
 	if !bytes.HasPrefix(frame, eventPrefix) {
 		return
 	}

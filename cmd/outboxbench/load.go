@@ -57,7 +57,13 @@ type client struct {
 	// pong: the peer's protocol — several messages per frame, separated by
 	// newlines, and an empty-object ping the client answers.
 	pong bool
+	// split: outboxd's batch=1 — several envelopes per frame, one per line.
+	split bool
 }
+
+// batchFrames makes outboxd's clients connect with batch=1 (-frames batch,
+// the default; what outboxd-client.js and outboxd tail do).
+var batchFrames = true
 
 // mark records seq and reports whether it is new.
 func (c *client) mark(seq int64) bool {
@@ -102,6 +108,9 @@ func dialClient(ctx context.Context, wsURL, token string, since int64) (*client,
 	if since >= 0 {
 		u += "&since=" + strconv.FormatInt(since, 10)
 	}
+	if batchFrames {
+		u += "&batch=1"
+	}
 	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 16 << 10}
 	conn, resp, err := d.DialContext(ctx, u, nil)
 	if err != nil {
@@ -110,7 +119,7 @@ func dialClient(ctx context.Context, wsURL, token string, since int64) (*client,
 		}
 		return nil, fmt.Errorf("dial: %w", err)
 	}
-	c := &client{conn: conn, lat: newHist(), done: make(chan struct{}), first: -1}
+	c := &client{conn: conn, lat: newHist(), done: make(chan struct{}), first: -1, split: batchFrames}
 	// The welcome frame comes first.
 	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	_, b, err := conn.ReadMessage()
@@ -134,12 +143,12 @@ func (c *client) read() {
 			c.mu.Unlock()
 			return
 		}
-		if !c.pong {
+		if !c.pong && !c.split {
 			c.frame(b, now)
 			continue
 		}
 		for _, m := range bytes.Split(b, []byte("\n")) {
-			if bytes.Equal(bytes.TrimSpace(m), []byte("{}")) { // the peer's ping
+			if c.pong && bytes.Equal(bytes.TrimSpace(m), []byte("{}")) { // the peer's ping
 				_ = c.conn.WriteMessage(websocket.TextMessage, []byte("{}"))
 				continue
 			}

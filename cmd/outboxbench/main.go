@@ -87,7 +87,13 @@ func main() {
 	flag.IntVar(&o.custom.batch, "batch", 1, "custom: events per transaction (1: single-row)")
 	flag.DurationVar(&o.custom.duration, "duration", 10*time.Second, "custom: how long the producers run (at most 10m)")
 	flag.IntVar(&o.custom.padBytes, "pad", 64, "custom: payload padding in bytes")
+	frames := flag.String("frames", "batch", "outboxd clients: batch (connect with batch=1, several events per frame) or single (one per frame)")
 	flag.Parse()
+	if *frames != "batch" && *frames != "single" {
+		fmt.Fprintln(os.Stderr, "outboxbench: -frames batch or single")
+		os.Exit(2)
+	}
+	batchFrames = *frames == "batch"
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o, os.Stdout); err != nil {

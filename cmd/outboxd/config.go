@@ -100,9 +100,15 @@ type Config struct {
 	RelayBatchSize int `env:"RELAY_BATCH_SIZE" envDefault:"5000"`
 	// RelayPollInterval is the longest idle sleep of the sequencer.
 	RelayPollInterval time.Duration `env:"RELAY_POLL_INTERVAL" envDefault:"100ms"`
+	// RelayMinPollInterval is the sequencer's pause after a batch that was
+	// not full, while events flow: rows gather for the next batch.
+	RelayMinPollInterval time.Duration `env:"RELAY_MIN_POLL_INTERVAL" envDefault:"2ms"`
 	// RelayWakeup is how an idle sequencer learns of new rows: poll, or
 	// notify (a producer trigger; for low-rate apps).
 	RelayWakeup string `env:"RELAY_WAKEUP" envDefault:"poll"`
+	// RelayHandoff: the local sequencer hands each committed batch to this
+	// replica's hub directly instead of through NOTIFY and a read.
+	RelayHandoff bool `env:"RELAY_HANDOFF" envDefault:"true"`
 	// OutboxRetention is how long sequenced rows are kept for resume.
 	OutboxRetention time.Duration `env:"OUTBOX_RETENTION" envDefault:"24h"`
 	// ReplayMax is the most events a client may replay or lag behind.
@@ -313,6 +319,9 @@ func (c *Config) validate() []string {
 	}
 	if c.RelayPollInterval < time.Millisecond || c.RelayPollInterval > time.Minute {
 		p = append(p, fmt.Sprintf("RELAY_POLL_INTERVAL: %s; want 1ms to 1m", c.RelayPollInterval))
+	}
+	if c.RelayMinPollInterval < 100*time.Microsecond || c.RelayMinPollInterval > c.RelayPollInterval {
+		p = append(p, fmt.Sprintf("RELAY_MIN_POLL_INTERVAL: %s; want 100µs to RELAY_POLL_INTERVAL (%s)", c.RelayMinPollInterval, c.RelayPollInterval))
 	}
 	if c.RelayWakeup != relay.WakeupPoll && c.RelayWakeup != relay.WakeupNotify {
 		p = append(p, fmt.Sprintf("RELAY_WAKEUP: %q; want poll or notify", c.RelayWakeup))

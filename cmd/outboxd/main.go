@@ -300,11 +300,17 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	} else if changed {
 		logger.Info("sequencer wake-up mode set", "mode", cfg.RelayWakeup)
 	}
-	seq := relay.NewSequencer(pool, relay.SequencerConfig{
-		BatchSize: cfg.RelayBatchSize, PollInterval: cfg.RelayPollInterval, Logger: logger,
-	})
+	var seq *relay.Sequencer
 	tail := relay.NewTailer(pool, hub, relay.TailerConfig{StartAfter: &head, Epoch: hub.Epoch(), BatchBytes: cfg.RelayBatchBytes,
-		Logger: logger, OnPending: seq.Wake})
+		Logger: logger, OnPending: func() { seq.Wake() }})
+	seqCfg := relay.SequencerConfig{
+		BatchSize: cfg.RelayBatchSize, PollInterval: cfg.RelayPollInterval, MinPollInterval: cfg.RelayMinPollInterval,
+		Logger: logger, HandoffBytes: cfg.RelayBatchBytes,
+	}
+	if cfg.RelayHandoff {
+		seqCfg.Handoff = tail
+	}
+	seq = relay.NewSequencer(pool, seqCfg)
 	readiness.Sequencer, readiness.Tailer, readiness.Dispatched, readiness.Epoch = seq, tail, hub.Head, hub.Epoch
 	ret := relay.NewRetention(pool, relay.RetentionConfig{Window: cfg.OutboxRetention, Logger: logger})
 	services := []service{tail, seq, ret}

@@ -5,6 +5,7 @@
 package wsclient
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,7 +20,8 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// Frame is what Resumer hands to OnFrame.
+// Frame is what Resumer hands to OnFrame: one envelope (Resumer connects
+// with batch=1 and splits batched frames).
 type Frame struct {
 	Type string
 	Seq  int64 // 0 for control frames
@@ -135,6 +137,8 @@ func (r *Resumer) once(ctx context.Context, raw string) error {
 	if r.Topics != nil {
 		q.Set("topics", strings.Join(r.Topics, ","))
 	}
+	q.Set("batch", "1") // several events per frame, one per line
+
 	u.RawQuery = q.Encode()
 	d := websocket.Dialer{HandshakeTimeout: r.HandshakeTimeout}
 	if d.HandshakeTimeout == 0 {
@@ -157,38 +161,54 @@ func (r *Resumer) once(ctx context.Context, raw string) error {
 		if err != nil {
 			return err
 		}
-		var f struct {
-			Type string `json:"type"`
-			Seq  int64  `json:"seq"`
-			Data struct {
-				HeadSeq int64  `json:"head_seq"`
-				Epoch   string `json:"epoch"`
-			} `json:"data"`
-		}
-		if err := json.Unmarshal(b, &f); err != nil {
-			return fmt.Errorf("bad frame %q: %w", b, err)
-		}
-		fr := Frame{Type: f.Type, Seq: f.Seq, Raw: b}
-		switch {
-		case f.Seq > 0 && f.Seq <= r.last:
-			fr.Duplicate = true
-		case f.Seq > 0:
-			r.last = f.Seq
-		case f.Type == "welcome":
-			if r.last < 0 || (r.Epoch != "" && f.Data.Epoch != r.Epoch) {
-				// Live from here; resume from here after a cut. In another
-				// history the old seq means nothing (resync_required follows).
-				r.last = f.Data.HeadSeq
+		for len(b) > 0 {
+			line := b
+			if i := bytes.IndexByte(b, '\n'); i >= 0 {
+				line, b = b[:i], b[i+1:]
+			} else {
+				b = nil
 			}
-			r.Epoch = f.Data.Epoch
-		}
-		if r.OnFrame != nil {
-			if err := r.OnFrame(fr); err != nil {
-				if errors.Is(err, ErrStop) {
-					return err
-				}
-				return fmt.Errorf("%w: %v", errCallback, err)
+			if err := r.frame(line); err != nil {
+				return err
 			}
 		}
 	}
+}
+
+// frame handles one envelope.
+func (r *Resumer) frame(b []byte) error {
+	var f struct {
+		Type string `json:"type"`
+		Seq  int64  `json:"seq"`
+		Data struct {
+			HeadSeq int64  `json:"head_seq"`
+			Epoch   string `json:"epoch"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(b, &f); err != nil {
+		return fmt.Errorf("bad frame %q: %w", b, err)
+	}
+	fr := Frame{Type: f.Type, Seq: f.Seq, Raw: b}
+	switch {
+	case f.Seq > 0 && f.Seq <= r.last:
+		fr.Duplicate = true
+	case f.Seq > 0:
+		r.last = f.Seq
+	case f.Type == "welcome":
+		if r.last < 0 || (r.Epoch != "" && f.Data.Epoch != r.Epoch) {
+			// Live from here; resume from here after a cut. In another
+			// history the old seq means nothing (resync_required follows).
+			r.last = f.Data.HeadSeq
+		}
+		r.Epoch = f.Data.Epoch
+	}
+	if r.OnFrame != nil {
+		if err := r.OnFrame(fr); err != nil {
+			if errors.Is(err, ErrStop) {
+				return err
+			}
+			return fmt.Errorf("%w: %v", errCallback, err)
+		}
+	}
+	return nil
 }
