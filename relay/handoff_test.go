@@ -198,7 +198,7 @@ func TestHandoffOnlyAfterCommit(t *testing.T) {
 	if _, err := s.SequenceOnce(ctx); err == nil {
 		t.Fatal("the batch committed though its backend was terminated")
 	}
-	if got := rec.calls(); !slices.Equal(got, []string{"committing 10", "committing 0"}) {
+	if got := rec.calls(); !slices.Equal(got, []string{"committing true", "committing false"}) {
 		t.Fatalf("hand-off calls %q; want the failed commit announced and withdrawn, nothing offered", got)
 	}
 	s.testHookAfterBatch = nil
@@ -211,7 +211,7 @@ func TestHandoffOnlyAfterCommit(t *testing.T) {
 	if n != 10 {
 		t.Fatalf("second batch numbered %d rows, want 10", n)
 	}
-	if got := rec.calls(); !slices.Equal(got[2:], []string{"committing 10", "offer 1..10"}) {
+	if got := rec.calls(); !slices.Equal(got[2:], []string{"committing true", "offer 1..10"}) {
 		t.Fatalf("hand-off calls %q", got)
 	}
 	assertExactly(t, db, rec.offered, 10)
@@ -340,10 +340,10 @@ type recordingHandoff struct {
 	offered []Event
 }
 
-func (r *recordingHandoff) Committing(last int64) {
+func (r *recordingHandoff) Committing(inFlight bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.log = append(r.log, fmt.Sprintf("committing %d", last))
+	r.log = append(r.log, fmt.Sprintf("committing %t", inFlight))
 }
 
 func (r *recordingHandoff) Offer(evs []Event) {

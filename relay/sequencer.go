@@ -221,10 +221,11 @@ FROM upd ORDER BY seq`
 // Handoff receives the batches the local sequencer commits, in seq order,
 // on the sequencer's goroutine; neither method may block. Tailer is one.
 type Handoff interface {
-	// Committing announces that a batch whose handed-off rows end at last
-	// is being committed (0: it failed to commit). A reader that hears of
-	// rows up to last meanwhile can wait for Offer instead of reading them.
-	Committing(last int64)
+	// Committing(true) announces that a batch is being numbered and
+	// committed: a reader that hears of new rows meanwhile can wait for
+	// Offer instead of reading them. Committing(false) says that no offer
+	// follows (nothing numbered, nothing within the bound, or no commit).
+	Committing(inFlight bool)
 	// Offer hands over the rows of a committed batch; it ends Committing.
 	Offer(events []Event)
 }
@@ -233,6 +234,12 @@ type Handoff interface {
 // It returns ErrLockHeld when another sequencer is running. Once the batch
 // has committed, the rows it numbered (as many as fit in HandoffBytes) go
 // to Handoff.
+//
+// The transaction takes two round trips, each a pipeline: BEGIN with the
+// lock, then the batch statement with COMMIT. The batch statement still
+// runs after the lock is granted (the two must stay separate statements,
+// see the package doc); an error in it skips the COMMIT queued behind it,
+// and the transaction is rolled back.
 func (s *Sequencer) SequenceOnce(ctx context.Context) (n int, err error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
@@ -242,61 +249,74 @@ func (s *Sequencer) SequenceOnce(ctx context.Context) (n int, err error) {
 			s.observeBatch(ctx, start, n)
 		}
 	}()
-	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("relay: sequencer begin: %w", err)
+		return 0, fmt.Errorf("relay: sequencer acquire: %w", err)
 	}
 	defer func() {
-		if err != nil {
-			if rerr := tx.Rollback(context.WithoutCancel(ctx)); rerr != nil && !errors.Is(rerr, pgx.ErrTxClosed) {
+		// A transaction left open by an error is rolled back; a connection
+		// that cannot do even that is closed, and the pool replaces it.
+		if conn.Conn().PgConn().TxStatus() != 'I' && !conn.Conn().IsClosed() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.QueryTimeout)
+			if _, rerr := conn.Exec(rctx, "ROLLBACK"); rerr != nil {
 				err = errors.Join(err, rerr)
+				_ = conn.Conn().Close(rctx)
 			}
+			cancel()
 		}
+		conn.Release()
 	}()
 	var last int64
-	if err := tx.QueryRow(ctx, lockSQL).Scan(&last); err != nil {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
+	b.Queue(lockSQL).QueryRow(func(r pgx.Row) error { return r.Scan(&last) })
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return 0, ErrLockHeld
 		}
 		return 0, fmt.Errorf("relay: sequencer lock: %w", err)
 	}
-	handoff, n, err := s.sequence(ctx, tx, last)
-	if err != nil {
-		return 0, fmt.Errorf("relay: sequence batch: %w", err)
+	if s.cfg.Handoff == nil {
+		return s.sequence(ctx, conn.Conn(), last, nil)
 	}
-	if s.testHookAfterBatch != nil && n > 0 {
-		s.testHookAfterBatch()
-	}
-	if len(handoff) > 0 {
-		s.cfg.Handoff.Committing(handoff[len(handoff)-1].Seq)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		if len(handoff) > 0 {
-			s.cfg.Handoff.Committing(0)
-		}
-		return 0, fmt.Errorf("relay: sequencer commit: %w", err)
+	// From here until the offer, a notification of this batch must not
+	// send the local tailer to the table: the offer follows.
+	s.cfg.Handoff.Committing(true)
+	var handoff []Event
+	n, err = s.sequence(ctx, conn.Conn(), last, &handoff)
+	if err != nil || len(handoff) == 0 {
+		s.cfg.Handoff.Committing(false)
+		return n, err
 	}
 	// Only now are the seqs durable: a client may see them.
-	if len(handoff) > 0 {
-		s.cfg.Handoff.Offer(handoff)
-	}
+	s.cfg.Handoff.Offer(handoff)
 	return n, nil
 }
 
-// sequence runs sequenceSQL after last and returns the rows to hand off (a
-// prefix of the batch within HandoffBytes; nil without a Handoff) and the
-// batch's size.
-func (s *Sequencer) sequence(ctx context.Context, tx pgx.Tx, last int64) (handoff []Event, n int, err error) {
+// sequence runs sequenceSQL after last, then COMMIT, and returns the
+// batch's size; with handoff non-nil it keeps the rows to hand off there (a
+// prefix of the batch within HandoffBytes).
+func (s *Sequencer) sequence(ctx context.Context, conn *pgx.Conn, last int64, handoff *[]Event) (n int, err error) {
 	limit := s.cfg.HandoffBytes
-	if s.cfg.Handoff == nil {
+	if handoff == nil {
 		limit = -1 // no payload comes back
 	}
-	rows, err := tx.Query(ctx, sequenceSQL, s.cfg.BatchSize, last, limit)
-	if err != nil {
-		return nil, 0, err
+	b := &pgx.Batch{}
+	b.Queue(sequenceSQL, s.cfg.BatchSize, last, limit)
+	if s.testHookAfterBatch == nil {
+		b.Queue("COMMIT")
 	}
-	defer rows.Close()
-	kept, bytes := true, 0
+	br := conn.SendBatch(ctx, b)
+	defer func() {
+		if cerr := br.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("relay: sequencer commit: %w", cerr)
+		}
+	}()
+	rows, err := br.Query()
+	if err != nil {
+		return 0, fmt.Errorf("relay: sequence batch: %w", err)
+	}
+	kept, bytes := handoff != nil, 0
 	for rows.Next() {
 		n++
 		if !kept {
@@ -306,7 +326,8 @@ func (s *Sequencer) sequence(ctx context.Context, tx pgx.Tx, last int64) (handof
 		var payload []byte
 		var notified int64
 		if err := rows.Scan(&e.ID, &e.Seq, &e.Topic, &payload, &e.Users, &e.Roles, &e.Traceparent, &e.CreatedAt, &notified); err != nil {
-			return nil, 0, err
+			rows.Close()
+			return 0, fmt.Errorf("relay: sequence batch: %w", err)
 		}
 		// The stored size is compressed: hold the real bytes to the budget too.
 		if bytes += len(payload); payload == nil || bytes > s.cfg.HandoffBytes {
@@ -314,10 +335,32 @@ func (s *Sequencer) sequence(ctx context.Context, tx pgx.Tx, last int64) (handof
 			continue
 		}
 		e.Payload, e.CreatedAt = payload, e.CreatedAt.UTC()
-		handoff = append(handoff, e)
+		*handoff = append(*handoff, e)
 	}
 	rows.Close()
-	return handoff, n, rows.Err()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("relay: sequence batch: %w", err)
+	}
+	if s.testHookAfterBatch != nil {
+		if n > 0 {
+			s.testHookAfterBatch()
+		}
+		if err := br.Close(); err != nil {
+			return 0, fmt.Errorf("relay: sequence batch: %w", err)
+		}
+		_, err := conn.Exec(ctx, "COMMIT")
+		if err == nil && conn.PgConn().TxStatus() != 'I' {
+			err = errors.New("transaction still open")
+		}
+		if err != nil {
+			return 0, fmt.Errorf("relay: sequencer commit: %w", err)
+		}
+		return n, nil
+	}
+	if _, err := br.Exec(); err != nil {
+		return 0, fmt.Errorf("relay: sequencer commit: %w", err)
+	}
+	return n, nil
 }
 
 // observeBatch records a committed batch. The span is created after the

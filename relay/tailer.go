@@ -105,9 +105,9 @@ type Tailer struct {
 	offerMu      sync.Mutex
 	offered      []Event
 	offeredBytes int
-	// committing is the last seq of an offer the local sequencer is
-	// committing (Committing), 0 if none.
-	committing atomic.Int64
+	// committing: the local sequencer is committing a batch whose offer
+	// follows (Committing).
+	committing atomic.Bool
 	// mustRead asks the run loop to read the table whatever the head it
 	// heard of (set after every LISTEN: notifications may have been missed
 	// meanwhile).
@@ -282,12 +282,12 @@ func (t *Tailer) run(ctx context.Context) {
 	}
 }
 
-// Committing records that the local sequencer is committing a batch whose
-// offer will end at last (0: the commit failed): a notification meanwhile
-// does not send the tailer to the table, the offer follows (Handoff).
-func (t *Tailer) Committing(last int64) {
-	t.committing.Store(last)
-	if last == 0 {
+// Committing records whether the local sequencer is committing a batch
+// (Handoff): a notification meanwhile does not send the tailer to the
+// table, the offer follows; when none does, the tailer looks again.
+func (t *Tailer) Committing(inFlight bool) {
+	t.committing.Store(inFlight)
+	if !inFlight {
 		t.poke()
 	}
 }
@@ -309,7 +309,7 @@ func (t *Tailer) Offer(events []Event) {
 	t.offered = append(t.offered, events...)
 	t.offeredBytes += n
 	t.offerMu.Unlock()
-	t.committing.Store(0)
+	t.committing.Store(false)
 	t.poke()
 }
 
@@ -358,7 +358,7 @@ func (t *Tailer) step(ctx context.Context, readTable bool) error {
 	if t.mustRead.Swap(false) {
 		readTable = true
 	}
-	if readTable || (t.head.Load() > t.cursor.Load() && t.committing.Load() == 0) {
+	if readTable || (t.head.Load() > t.cursor.Load() && !t.committing.Load()) {
 		return t.drain(ctx)
 	}
 	return nil
