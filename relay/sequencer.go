@@ -44,7 +44,9 @@ type SequencerConfig struct {
 	// costs 2.3 % of a core when idle, 100 ms 0.7 % (BENCHMARKS.md).
 	PollInterval time.Duration
 	// MinPollInterval is the sleep after a partial batch (2 ms): long enough
-	// to let a few more rows gather, short enough for latency.
+	// to let a few more rows gather, short enough for latency. (Measured:
+	// starting the next batch at once after a batch slower than this,
+	// instead, cost CPU and latency at 2,500 events/s.)
 	MinPollInterval time.Duration
 	// Linger (1 s) is how long after its last rows the sequencer keeps
 	// its idle sleep at most LingerPoll (10 ms) before backing off to

@@ -71,6 +71,10 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if err := e.tail.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// As outboxd wires it: the sequencer hands its batches to this tailer.
+	if o.sequencerCfg.Handoff == nil {
+		o.sequencerCfg.Handoff = e.tail
+	}
 	e.seq = relay.NewSequencer(db.Pool, o.sequencerCfg)
 	if !o.noSequencer {
 		e.startSequencer()

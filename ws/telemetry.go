@@ -164,20 +164,12 @@ var (
 // observeSent records the end-to-end latency of an event frame written to a
 // socket, reading created_at back from the frame (always at the same place
 // in encodeEvent's output).
+//
+// A batched frame is one observation, of its first event: the oldest, the
+// others went out with it. (One per event cost 17 % of outboxd's CPU at
+// 2,500 events/s to 100 clients: a timestamp parse and a histogram lock
+// per event per client.)
 func (h *Hub) observeSent(frame []byte) {
-	// A batched frame holds several events, one per line.
-	for {
-		i := bytes.IndexByte(frame, '\n')
-		if i < 0 {
-			break
-		}
-		h.observeSentOne(frame[:i])
-		frame = frame[i+1:]
-	}
-	h.observeSentOne(frame)
-}
-
-func (h *Hub) observeSentOne(frame []byte) {
 	if !bytes.HasPrefix(frame, eventPrefix) {
 		return
 	}

@@ -9,23 +9,29 @@
 //	go build -o bin/outboxd ./cmd/outboxd
 //	go run ./cmd/outboxbench -outboxd bin/outboxd -scenario all -runs 3 -json bench.json -svg bench.svg
 //
-// -scenario custom runs the load given by -clients, -producers, -rate,
-// -batch, -duration and -pad (no target).
+// -scenario takes names or BENCHMARKS.md's numbers, comma separated
+// (-scenario 2,3 or -scenario steady-100). -scenario custom runs the load
+// given by -clients, -producers, -rate, -batch, -duration and -pad (no
+// target); with -burst N it commits N events in one transaction instead
+// and reports how fast they drain to every client.
 //
 // Scenarios (targets from BENCHMARKS.md):
 //
-//	backlog          1,000,000 pending events drained to one client     ≥ 40,000 events/s
-//	steady-100       1,000 events/s broadcast to 100 clients            p50 ≤ 5 ms, p99 ≤ 25 ms, none lost
-//	steady-1000      100 events/s broadcast to 1,000 clients            p99 ≤ 50 ms, none lost
-//	max              as fast as possible to 10 clients                  ≥ 20,000 events/s, p99 ≤ 100 ms
-//	idle-conns       10,000 idle connections; one broadcast to all      ≤ 20 KB RSS each; last receipt ≤ 50 ms
-//	producer-impact  8 single-row producers, outboxd stopped vs running  ≥ 85 % of the tx/s
-//	idle-cpu         outboxd with nothing to relay                       ≤ 1 % of one core
-//	tcp-floor        scenario 5's broadcast with bare TCP, no outboxd    (reference: this machine's floor)
-//	reconnect-storm  5,000 clients from one address; outboxd restarts     all resumed ≤ 10 s, none lost
-//	                 with its shipped defaults, 100 events committed meanwhile
-//	vs-centrifugo    four workloads against outboxd, then the same against Centrifugo v6.9.1's
-//	                 PostgreSQL outbox consumer, in each run (runs alternate A, B, A, B); ratios
+//	1 backlog          1,000,000 pending events drained to one client     ≥ 40,000 events/s
+//	2 steady-100       1,000 events/s broadcast to 100 clients            p50 ≤ 5 ms, p99 ≤ 25 ms, none lost
+//	3 steady-1000      100 events/s broadcast to 1,000 clients            p99 ≤ 50 ms, none lost
+//	4 max              as fast as possible to 10 clients                  ≥ 20,000 events/s, p99 ≤ 100 ms
+//	5 idle-conns       10,000 idle connections; one broadcast to all      ≤ 20 KB RSS each; last receipt ≤ 50 ms
+//	6 producer-impact  8 single-row producers, outboxd stopped vs running  ≥ 85 % of the tx/s
+//	7 idle-cpu         outboxd with nothing to relay                       ≤ 1 % of one core
+//	8 tcp-floor        scenario 5's broadcast with bare TCP, no outboxd    (reference: this machine's floor)
+//	9 reconnect-storm  5,000 clients from one address; outboxd restarts   all resumed ≤ 10 s, none lost
+//	                   with its shipped defaults, 100 events committed meanwhile
+//	10 vs-centrifugo   four workloads against outboxd, then the same against Centrifugo v6.9.1's
+//	                   PostgreSQL outbox consumer, in each run (runs alternate A, B, A, B); ratios
+//
+// outboxd's clients connect with batch=1 (-frames single for one event per
+// frame).
 package main
 
 import (
@@ -64,6 +70,7 @@ type options struct {
 // customSpec is the load of -scenario custom.
 type customSpec struct {
 	clients, producers, batch, padBytes int
+	burst                               int // one transaction of burst events instead of producers
 	rate                                float64
 	duration                            time.Duration
 }
@@ -73,7 +80,7 @@ func main() {
 	flag.StringVar(&o.outboxd, "outboxd", "bin/outboxd", "outboxd binary to start (build it with go build -o bin/outboxd ./cmd/outboxd)")
 	flag.StringVar(&o.adminURL, "admin-url", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "PostgreSQL (on this machine) where the benchmark database is created")
 	flag.StringVar(&o.dbName, "db", "outboxbench", "benchmark database, dropped and recreated for every run")
-	flag.StringVar(&o.scenario, "scenario", "all", "scenario to run: "+strings.Join(scenarioNames(), ", ")+", or all")
+	flag.StringVar(&o.scenario, "scenario", "all", "scenarios to run, by name or by number as BENCHMARKS.md numbers them, comma separated: "+scenarioList()+", custom, or all")
 	flag.IntVar(&o.runs, "runs", 3, "runs per scenario; the report gives the median, min and max")
 	flag.StringVar(&o.jsonOut, "json", "", "write the results as JSON to this file")
 	flag.StringVar(&o.svgOut, "svg", "", "draw the latency distributions (CDF) as SVG to this file")
@@ -85,6 +92,7 @@ func main() {
 	flag.IntVar(&o.custom.producers, "producers", 4, "custom: producer connections")
 	flag.Float64Var(&o.custom.rate, "rate", 1000, "custom: events/s in total (0: as fast as possible)")
 	flag.IntVar(&o.custom.batch, "batch", 1, "custom: events per transaction (1: single-row)")
+	flag.IntVar(&o.custom.burst, "burst", 0, "custom: instead of producers, commit this many events in one transaction and report the drain rate (commit → last receipt)")
 	flag.DurationVar(&o.custom.duration, "duration", 10*time.Second, "custom: how long the producers run (at most 10m)")
 	flag.IntVar(&o.custom.padBytes, "pad", 64, "custom: payload padding in bytes")
 	frames := flag.String("frames", "batch", "outboxd clients: batch (connect with batch=1, several events per frame) or single (one per frame)")
@@ -112,17 +120,14 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if o.runs < 1 || o.runs > 20 || o.scale <= 0 || o.scale > 10 {
 		return errors.New("-runs must be 1..20 and -scale in (0, 10]")
 	}
-	if c := o.custom; c.clients < 1 || c.clients > 15000 || c.producers < 1 || c.producers > 64 || c.batch < 1 || c.batch > 10000 ||
-		c.rate < 0 || c.duration <= 0 || c.duration > 10*time.Minute || c.padBytes < 0 || c.padBytes > 200000 {
-		return errors.New("custom load out of bounds: -clients 1..15000, -producers 1..64, -batch 1..10000, -rate ≥ 0, -duration ≤ 10m, -pad ≤ 200000")
+	if c := o.custom; c.clients < 1 || c.clients > 15000 || c.producers < 1 || c.producers > 64 || c.batch < 1 || c.batch > maxBatch ||
+		c.rate < 0 || c.duration <= 0 || c.duration > 10*time.Minute || c.padBytes < 0 || c.padBytes > 200000 || c.burst < 0 || c.burst > maxBatch {
+		return fmt.Errorf("custom load out of bounds: -clients 1..15000, -producers 1..64, -batch 1..%d, -burst 0..%[1]d, -rate ≥ 0, -duration ≤ 10m, -pad ≤ 200000", maxBatch)
 	}
 	raiseFileLimit()
-	names := scenarioNames()
-	if o.scenario != "all" {
-		if _, ok := scenarios[o.scenario]; !ok {
-			return fmt.Errorf("unknown scenario %q; want one of %s or all", o.scenario, strings.Join(names, ", "))
-		}
-		names = []string{o.scenario}
+	names, err := resolveScenarios(o.scenario)
+	if err != nil {
+		return err
 	}
 	env := newBenchEnv(o)
 	var summaries []summary

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -84,8 +86,13 @@ func TestSmokeRun(t *testing.T) {
 	o := options{outboxd: bin, adminURL: dbtest.AdminURL(), dbName: db.Name, runs: 1, scale: 0.02,
 		jsonOut: dir + "/r.json", svgOut: dir + "/r.svg",
 		custom: customSpec{clients: 3, producers: 2, rate: 500, batch: 5, duration: time.Second, padBytes: 10}}
-	for _, sc := range []string{"backlog", "steady-100", "custom"} {
+	// Scenario 2 by its number; custom as producers, then as a one-shot
+	// burst (a drain rate, not a commit rate).
+	for _, sc := range []string{"backlog", "2", "custom", "custom-burst"} {
 		o.scenario = sc
+		if sc == "custom-burst" {
+			o.scenario, o.custom.burst = "custom", 300
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		err := run(ctx, o, &out)
 		cancel()
@@ -94,7 +101,8 @@ func TestSmokeRun(t *testing.T) {
 		}
 	}
 	report := out.String()
-	for _, want := range []string{"backlog (1 runs)", "events_per_s", "steady-100 (1 runs)", "latency_p99", "lost", "custom (1 runs)"} {
+	for _, want := range []string{"backlog (1 runs)", "events_per_s", "steady-100 (1 runs)", "latency_p99", "lost", "custom (1 runs)",
+		"drain_events_per_s"} {
 		if !strings.Contains(report, want) {
 			t.Fatalf("report lacks %q:\n%s", want, report)
 		}
@@ -117,9 +125,44 @@ func TestCustomLoadBounds(t *testing.T) {
 	if err := run(context.Background(), o, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "out of bounds") {
 		t.Fatalf("unbounded load accepted: %v", err)
 	}
-	o.custom.clients = 1
+	o.custom.clients, o.custom.burst = 1, maxBatch+1
+	if err := run(context.Background(), o, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "-burst 0..1000000") {
+		t.Fatalf("a burst past the bound accepted: %v", err)
+	}
+	o.custom.burst = 0
 	o.adminURL = "postgres://db.example.com/x"
 	if err := run(context.Background(), o, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "this machine") {
 		t.Fatalf("remote database accepted: %v", err)
+	}
+}
+
+// Scenarios are taken by name or by BENCHMARKS.md's number, in a comma
+// list; "all" is every numbered one but the peer comparison.
+func TestResolveScenarios(t *testing.T) {
+	for _, c := range []struct {
+		arg  string
+		want []string
+	}{
+		{"2", []string{"steady-100"}},
+		{"1,steady-1000, 10", []string{"backlog", "steady-1000", "vs-centrifugo"}},
+		{"custom", []string{"custom"}},
+		{"3,steady-1000", []string{"steady-1000"}},
+	} {
+		got, err := resolveScenarios(c.arg)
+		if err != nil || !slices.Equal(got, c.want) {
+			t.Errorf("%q: %v %v, want %v", c.arg, got, err, c.want)
+		}
+	}
+	all, _ := resolveScenarios("all")
+	if len(all) != len(numbered)-1 || slices.Contains(all, "vs-centrifugo") || all[0] != "backlog" {
+		t.Errorf("all = %v", all)
+	}
+	for _, bad := range []string{"0", "11", "nope", ""} {
+		if _, err := resolveScenarios(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	if names := fmt.Sprint(numbered); len(scenarios) != len(numbered)+1 {
+		t.Errorf("scenarios %d, numbered %s (+ custom)", len(scenarios), names)
 	}
 }

@@ -4,7 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"sort"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -28,22 +29,67 @@ var scenarios = map[string]scenarioFunc{
 	"custom":          custom,
 }
 
-// custom runs the load given on the command line.
+// maxBatch bounds -batch and -burst: one transaction of a million events.
+const maxBatch = 1_000_000
+
+// custom runs the load given on the command line: producers, or with
+// -burst one transaction whose drain is measured.
 func custom(ctx context.Context, e *benchEnv) (result, error) {
 	c := e.o.custom
+	if c.burst > 0 {
+		pool, sc, cleanup, err := e.setup(ctx)
+		if err != nil {
+			return result{}, err
+		}
+		defer cleanup()
+		return burstOn(ctx, pool, sc, c.clients, c.burst)
+	}
 	return load(ctx, e, c.clients, loadSpec{producers: c.producers, rate: c.rate, batch: c.batch, duration: c.duration, padBytes: c.padBytes})
 }
 
+// numbered lists the scenarios in BENCHMARKS.md's order: scenario k is
+// numbered[k-1].
+var numbered = []string{"backlog", "steady-100", "steady-1000", "max", "idle-conns", "producer-impact", "idle-cpu",
+	"tcp-floor", "reconnect-storm", "vs-centrifugo"}
+
+// scenarioNames is what "all" runs: every numbered scenario but
+// vs-centrifugo, which needs the peer's binary.
 func scenarioNames() []string {
-	names := make([]string, 0, len(scenarios))
-	for k := range scenarios {
-		if k != "custom" && k != "vs-centrifugo" { // not part of "all" (vs-centrifugo needs the peer's binary)
-			names = append(names, k)
+	return slices.DeleteFunc(slices.Clone(numbered), func(n string) bool { return n == "vs-centrifugo" })
+}
+
+// scenarioList is the numbered scenarios for the usage text: "1 backlog, …".
+func scenarioList() string {
+	parts := make([]string, len(numbered))
+	for i, n := range numbered {
+		parts[i] = fmt.Sprintf("%d %s", i+1, n)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// resolveScenarios reads -scenario: "all", or a comma list of names and
+// numbers.
+func resolveScenarios(arg string) ([]string, error) {
+	if arg == "all" {
+		return scenarioNames(), nil
+	}
+	var out []string
+	for _, a := range strings.Split(arg, ",") {
+		a = strings.TrimSpace(a)
+		if k, err := strconv.Atoi(a); err == nil {
+			if k < 1 || k > len(numbered) {
+				return nil, fmt.Errorf("no scenario %d; they are numbered 1 to %d: %s", k, len(numbered), scenarioList())
+			}
+			a = numbered[k-1]
+		}
+		if _, ok := scenarios[a]; !ok {
+			return nil, fmt.Errorf("unknown scenario %q; want a name or number (%s), custom, or all", a, scenarioList())
+		}
+		if !slices.Contains(out, a) {
+			out = append(out, a)
 		}
 	}
-	order := map[string]int{"backlog": 1, "steady-100": 2, "steady-1000": 3, "max": 4, "idle-conns": 5, "producer-impact": 6, "idle-cpu": 7, "tcp-floor": 8, "reconnect-storm": 9, "vs-centrifugo": 10}
-	sort.Slice(names, func(i, j int) bool { return order[names[i]] < order[names[j]] })
-	return names
+	return out, nil
 }
 
 func head(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
