@@ -28,6 +28,12 @@
 // mid-batch has its transaction rolled back, and its lock released, by
 // PostgreSQL.
 //
+// BEGIN, both statements and COMMIT go in one pipeline (one round trip), so
+// step 2 runs whether or not step 1 got the row: it guards itself, numbering
+// nothing unless relay_state's xmax is this transaction's xid (a row lock
+// writes the locker's xid there; a transaction that skipped the row has no
+// xid). A committed batch is then handed to the local tailer (Handoff).
+//
 // # Wake-ups
 //
 // Producers pay nothing extra: no trigger, no NOTIFY per transaction (a

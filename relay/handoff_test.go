@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -379,4 +380,61 @@ func startAll(t *testing.T, svcs ...interface {
 			}
 		}
 	})
+}
+
+// The batch statement runs in the same pipeline as the lock, so it must
+// number nothing when the lock was not taken: neither while another
+// transaction holds it, nor when nobody holds it but this transaction did
+// not take it.
+func TestSequenceStatementNeedsTheLock(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	ctx := context.Background()
+	for k := range 5 {
+		if err := emitTx(ctx, db.Pool, producerPayload{0, k}, 0, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	holder, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = holder.Rollback(context.Background()) })
+	if _, err := holder.Exec(ctx, lockSQL); err != nil {
+		t.Fatal(err)
+	}
+	s := NewSequencer(db.Pool, SequencerConfig{Handoff: &recordingHandoff{}, QueryTimeout: 3 * time.Second})
+	if n, err := s.SequenceOnce(ctx); !errors.Is(err, ErrLockHeld) || n != 0 {
+		t.Fatalf("with the lock held elsewhere: %d, %v; want ErrLockHeld", n, err)
+	}
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Nobody holds it now, and this transaction does not take it.
+	tx, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // ends the test's transaction
+	rows, err := tx.Query(ctx, sequenceSQL, 1000, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	numbered := 0
+	for rows.Next() {
+		numbered++
+	}
+	if rows.Close(); rows.Err() != nil || numbered != 0 {
+		t.Fatalf("the batch statement numbered %d rows without the lock (%v)", numbered, rows.Err())
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := db.Int64(t, `SELECT count(*) FROM outbox.events WHERE seq IS NULL`); got != 5 {
+		t.Fatalf("%d rows pending, want 5", got)
+	}
+	if n, err := s.SequenceOnce(ctx); err != nil || n != 5 {
+		t.Fatalf("with the lock free: %d, %v", n, err)
+	}
+	assertGapFree(t, db, 5)
 }

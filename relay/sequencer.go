@@ -193,30 +193,40 @@ func NewSequencer(pool *pgxpool.Pool, cfg SequencerConfig) *Sequencer {
 
 const lockSQL = `SELECT last_seq FROM outbox.relay_state FOR UPDATE SKIP LOCKED`
 
-// sequenceSQL numbers up to $1 pending rows after $2 (the locked last_seq),
+// sequenceSQL numbers up to $1 pending rows after relay_state.last_seq,
 // advances relay_state and notifies, all in one statement, and returns the
 // numbered rows in seq order for the local hand-off (Handoff): the payload
 // of a row only while the batch's payloads so far (their stored size) fit
-// in $3 bytes, NULL after that — payload is NOT NULL in the table, so a
+// in $2 bytes, NULL after that — payload is NOT NULL in the table, so a
 // NULL marks the end of what is handed off; the rest is read from the table
 // by the tailer as usual. The rows are the UPDATE's RETURNING, so they are
 // exactly what the transaction numbered.
-const sequenceSQL = `WITH batch AS (
-  SELECT id, $2::bigint + row_number() OVER (ORDER BY id) AS seq
-  FROM (SELECT id FROM outbox.events WHERE seq IS NULL ORDER BY id LIMIT $1) pending
+//
+// It runs in the same pipeline as lockSQL, right after it, and must do
+// nothing unless that statement took the lock: "locked" is relay_state
+// only if this transaction holds the row's lock. A row lock writes the
+// locker's xid into xmax; a transaction that skipped the row has written
+// nothing and has no xid, so pg_current_xact_id_if_assigned() is NULL and
+// the comparison false. Being a later statement, its snapshot is taken
+// after the lock was granted and sees the previous batch (package doc).
+const sequenceSQL = `WITH locked AS (
+  SELECT last_seq FROM outbox.relay_state WHERE xmax = xid(pg_current_xact_id_if_assigned())
+), batch AS (
+  SELECT id, locked.last_seq + row_number() OVER (ORDER BY id) AS seq
+  FROM (SELECT id FROM outbox.events WHERE seq IS NULL ORDER BY id LIMIT $1) pending, locked
 ), upd AS (
   UPDATE outbox.events e SET seq = b.seq, delivered_at = now()
   FROM batch b WHERE e.id = b.id
   RETURNING e.id, b.seq, e.topic, e.payload, e.target_users, e.target_roles, coalesce(e.traceparent, '') AS traceparent, e.created_at
 ), agg AS (
-  SELECT count(*) AS n, coalesce(max(seq), $2::bigint) AS last FROM upd
+  SELECT count(*) AS n, max(seq) AS last FROM upd
 ), st AS (
   UPDATE outbox.relay_state SET last_seq = agg.last FROM agg WHERE agg.n > 0 RETURNING last_seq
 ), notified AS (
   SELECT pg_notify('` + NotifyChannel + `', last_seq::text) FROM st
 )
 SELECT id, seq, topic,
-  CASE WHEN sum(pg_column_size(payload)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) <= $3 THEN payload END,
+  CASE WHEN sum(pg_column_size(payload)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) <= $2 THEN payload END,
   target_users, target_roles, traceparent, created_at, (SELECT count(*) FROM notified)
 FROM upd ORDER BY seq`
 
@@ -237,11 +247,10 @@ type Handoff interface {
 // has committed, the rows it numbered (as many as fit in HandoffBytes) go
 // to Handoff.
 //
-// The transaction takes two round trips, each a pipeline: BEGIN with the
-// lock, then the batch statement with COMMIT. The batch statement still
-// runs after the lock is granted (the two must stay separate statements,
-// see the package doc); an error in it skips the COMMIT queued behind it,
-// and the transaction is rolled back.
+// The transaction is one round trip, a pipeline: BEGIN, the lock, the
+// batch statement (which does nothing unless the lock was taken, see
+// sequenceSQL), COMMIT. An error skips what follows it in the pipeline, and
+// the transaction is rolled back.
 func (s *Sequencer) SequenceOnce(ctx context.Context) (n int, err error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
@@ -258,62 +267,67 @@ func (s *Sequencer) SequenceOnce(ctx context.Context) (n int, err error) {
 	defer func() {
 		// A transaction left open by an error is rolled back; a connection
 		// that cannot do even that is closed, and the pool replaces it.
-		if conn.Conn().PgConn().TxStatus() != 'I' && !conn.Conn().IsClosed() {
+		if c := conn.Conn(); c.PgConn().TxStatus() != 'I' && !c.IsClosed() {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.QueryTimeout)
-			if _, rerr := conn.Exec(rctx, "ROLLBACK"); rerr != nil {
+			if _, rerr := c.Exec(rctx, "ROLLBACK"); rerr != nil {
 				err = errors.Join(err, rerr)
-				_ = conn.Conn().Close(rctx)
+				_ = c.Close(rctx)
 			}
 			cancel()
 		}
 		conn.Release()
 	}()
-	var last int64
-	b := &pgx.Batch{}
-	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
-	b.Queue(lockSQL).QueryRow(func(r pgx.Row) error { return r.Scan(&last) })
-	if err := conn.SendBatch(ctx, b).Close(); err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			return 0, ErrLockHeld
-		}
-		return 0, fmt.Errorf("relay: sequencer lock: %w", err)
+	var handoff *[]Event
+	if s.cfg.Handoff != nil {
+		handoff = new([]Event)
+		// From here until the offer, a notification of this batch must
+		// not send the local tailer to the table: the offer follows.
+		s.cfg.Handoff.Committing(true)
 	}
-	if s.cfg.Handoff == nil {
-		return s.sequence(ctx, conn.Conn(), last, nil)
+	n, err = s.batch(ctx, conn.Conn(), handoff)
+	if handoff == nil {
+		return n, err
 	}
-	// From here until the offer, a notification of this batch must not
-	// send the local tailer to the table: the offer follows.
-	s.cfg.Handoff.Committing(true)
-	var handoff []Event
-	n, err = s.sequence(ctx, conn.Conn(), last, &handoff)
-	if err != nil || len(handoff) == 0 {
+	if err != nil || len(*handoff) == 0 {
 		s.cfg.Handoff.Committing(false)
 		return n, err
 	}
 	// Only now are the seqs durable: a client may see them.
-	s.cfg.Handoff.Offer(handoff)
+	s.cfg.Handoff.Offer(*handoff)
 	return n, nil
 }
 
-// sequence runs sequenceSQL after last, then COMMIT, and returns the
-// batch's size; with handoff non-nil it keeps the rows to hand off there (a
-// prefix of the batch within HandoffBytes).
-func (s *Sequencer) sequence(ctx context.Context, conn *pgx.Conn, last int64, handoff *[]Event) (n int, err error) {
+// batch runs the pipeline and returns the batch's size; with handoff
+// non-nil it keeps there the rows to hand off (a prefix of the batch within
+// HandoffBytes).
+func (s *Sequencer) batch(ctx context.Context, conn *pgx.Conn, handoff *[]Event) (n int, err error) {
 	limit := s.cfg.HandoffBytes
 	if handoff == nil {
 		limit = -1 // no payload comes back
 	}
 	b := &pgx.Batch{}
-	b.Queue(sequenceSQL, s.cfg.BatchSize, last, limit)
+	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
+	b.Queue(lockSQL)
+	b.Queue(sequenceSQL, s.cfg.BatchSize, limit)
 	if s.testHookAfterBatch == nil {
 		b.Queue("COMMIT")
 	}
 	br := conn.SendBatch(ctx, b)
 	defer func() {
 		if cerr := br.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("relay: sequencer commit: %w", cerr)
+			err = fmt.Errorf("relay: sequencer: %w", cerr)
 		}
 	}()
+	if _, err := br.Exec(); err != nil {
+		return 0, fmt.Errorf("relay: sequencer begin: %w", err)
+	}
+	var last int64
+	locked := true
+	if err := br.QueryRow().Scan(&last); errors.Is(err, pgx.ErrNoRows) {
+		locked = false
+	} else if err != nil {
+		return 0, fmt.Errorf("relay: sequencer lock: %w", err)
+	}
 	rows, err := br.Query()
 	if err != nil {
 		return 0, fmt.Errorf("relay: sequence batch: %w", err)
@@ -343,24 +357,30 @@ func (s *Sequencer) sequence(ctx context.Context, conn *pgx.Conn, last int64, ha
 	if err := rows.Err(); err != nil {
 		return 0, fmt.Errorf("relay: sequence batch: %w", err)
 	}
-	if s.testHookAfterBatch != nil {
-		if n > 0 {
+	switch {
+	case !locked && n > 0:
+		// Cannot happen (sequenceSQL's guard); never commit it if it does.
+		return 0, fmt.Errorf("relay: sequence batch numbered %d rows without the lock", n)
+	case s.testHookAfterBatch != nil:
+		if locked && n > 0 {
 			s.testHookAfterBatch()
 		}
 		if err := br.Close(); err != nil {
 			return 0, fmt.Errorf("relay: sequence batch: %w", err)
 		}
-		_, err := conn.Exec(ctx, "COMMIT")
-		if err == nil && conn.PgConn().TxStatus() != 'I' {
-			err = errors.New("transaction still open")
-		}
-		if err != nil {
+		if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
 			return 0, fmt.Errorf("relay: sequencer commit: %w", err)
 		}
-		return n, nil
+		if conn.PgConn().TxStatus() != 'I' {
+			return 0, errors.New("relay: sequencer commit: transaction still open")
+		}
+	default:
+		if _, err := br.Exec(); err != nil {
+			return 0, fmt.Errorf("relay: sequencer commit: %w", err)
+		}
 	}
-	if _, err := br.Exec(); err != nil {
-		return 0, fmt.Errorf("relay: sequencer commit: %w", err)
+	if !locked {
+		return 0, ErrLockHeld
 	}
 	return n, nil
 }
