@@ -114,6 +114,14 @@ func TestTracesInJaeger(t *testing.T) {
 
 	otel := []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + otlpHTTP, "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
 		"OTEL_METRICS_EXPORTER=none", "OTEL_BSP_SCHEDULE_DELAY=100"}
+	// Built before the client connects: a build slowed down by the rest of
+	// the suite once outlasted the heartbeat of a client not reading.
+	producer := filepath.Join(t.TempDir(), "go-producer")
+	build := exec.Command("go", "build", "-o", producer, ".")
+	build.Dir = filepath.Join(root, "examples", "go-producer")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the Go example: %v\n%s", err, out)
+	}
 	db := dbtest.New(t)
 	p := startOutboxd(t, db, append([]string{"OTEL_SERVICE_NAME=outboxd"}, otel...)...)
 	conn, _ := dialAs(t, p, "u1", "LEVEL_1")
@@ -123,12 +131,6 @@ func TestTracesInJaeger(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	producer := filepath.Join(t.TempDir(), "go-producer")
-	build := exec.Command("go", "build", "-o", producer, ".")
-	build.Dir = filepath.Join(root, "examples", "go-producer")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build the Go example: %v\n%s", err, out)
-	}
 	// The first operation of the example creates a task for LEVEL_1.
 	run := exec.Command(producer, "-count", "1", "-rate", "0")
 	run.Env = append(os.Environ(), append([]string{"DATABASE_URL=" + db.URL, "OTEL_SERVICE_NAME=go-producer"}, otel...)...)
