@@ -196,8 +196,10 @@ const lockSQL = `SELECT last_seq FROM outbox.relay_state FOR UPDATE SKIP LOCKED`
 // sequenceSQL numbers up to $1 pending rows after relay_state.last_seq,
 // advances relay_state and notifies, all in one statement, and returns the
 // numbered rows in seq order for the local hand-off (Handoff): the payload
-// of a row only while the batch's payloads so far (their stored size) fit
-// in $2 bytes, NULL after that — payload is NOT NULL in the table, so a
+// of a row only while the batch's payloads so far fit in $2 bytes, NULL
+// after that (their text length: the stored size is compressed, and a
+// commit of 400 rows of 250 KB that compressed to 3 KB each was all sent
+// to the sequencer, to be dropped) — payload is NOT NULL in the table, so a
 // NULL marks the end of what is handed off; the rest is read from the table
 // by the tailer as usual. The rows are the UPDATE's RETURNING, so they are
 // exactly what the transaction numbered.
@@ -226,7 +228,7 @@ const sequenceSQL = `WITH locked AS (
   SELECT pg_notify('` + NotifyChannel + `', last_seq::text) FROM st
 )
 SELECT id, seq, topic,
-  CASE WHEN sum(pg_column_size(payload)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) <= $2 THEN payload END,
+  CASE WHEN $2 >= 0 AND sum(octet_length(payload::text)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) <= $2 THEN payload END,
   target_users, target_roles, traceparent, created_at, (SELECT count(*) FROM notified)
 FROM upd ORDER BY seq`
 
@@ -345,7 +347,7 @@ func (s *Sequencer) batch(ctx context.Context, conn *pgx.Conn, handoff *[]Event)
 			rows.Close()
 			return 0, fmt.Errorf("relay: sequence batch: %w", err)
 		}
-		// The stored size is compressed: hold the real bytes to the budget too.
+		// Hold the bytes received to the budget too.
 		if bytes += len(payload); payload == nil || bytes > s.cfg.HandoffBytes {
 			kept = false
 			continue
