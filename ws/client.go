@@ -570,18 +570,13 @@ func joinRun(run []caughtUp) []byte {
 	if len(run) == 1 {
 		return run[0].frame
 	}
+	frames := make([][]byte, len(run))
 	n := len(run) - 1
-	for _, e := range run {
+	for i, e := range run {
+		frames[i] = e.frame
 		n += len(e.frame)
 	}
-	out := make([]byte, 0, n)
-	for i, e := range run {
-		if i > 0 {
-			out = append(out, '\n')
-		}
-		out = append(out, e.frame...)
-	}
-	return out
+	return joinFrames(frames, n)
 }
 
 // writeCaughtUp queues a run of caught-up events as one frame once the
