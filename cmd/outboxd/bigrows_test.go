@@ -49,6 +49,12 @@ func TestBigRowsMemoryIsBounded(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			db := dbtest.New(t)
 			p := startOutboxd(t, db, append([]string{"LOG_LEVEL=info"}, strings.Fields(os.Getenv("BIGROWS_ENV"))...)...)
+			t.Cleanup(func() {
+				// A reader cut here says only 1006: outboxd's log says why.
+				if t.Failed() {
+					t.Logf("outboxd log:\n%s", p.Stderr)
+				}
+			})
 			var wg sync.WaitGroup
 			got := make([][]int64, 2)
 			for i := range got {
