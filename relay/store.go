@@ -162,7 +162,7 @@ func (s *Store) ReadEntitled(ctx context.Context, q ReplayQuery, buf []Event) (P
 	}
 	if q.SkipEmpty && len(buf) == 0 && p.ScannedTo < p.Head {
 		var next *int64
-		if err := s.pool.QueryRow(ctx, nextEntitledSQL, p.ScannedTo, targetKeys(q.User, q.Roles)).Scan(&next); err != nil {
+		if err := s.pool.QueryRow(ctx, nextEntitledSQL, p.ScannedTo, []string{q.User}, q.Roles).Scan(&next); err != nil {
 			return p, buf, err
 		}
 		to := p.Head
@@ -176,27 +176,25 @@ func (s *Store) ReadEntitled(ctx context.Context, q ReplayQuery, buf []Event) (P
 	return p, buf, nil
 }
 
-// nextEntitledSQL finds the first seq after $1 that a client with target
-// keys $2 may see: the next broadcast (a partial btree on seq) or the
-// lowest seq among the rows targeted at its keys (the GIN index; the
-// OFFSET 0 fence keeps the planner from walking the seq index instead,
-// which would read every row after $1 — the cost being avoided).
+// nextEntitledSQL finds the first seq after $1 that a client with user $2
+// and roles $3 may see: the next broadcast (a partial btree on seq), or the
+// lowest seq among the rows targeted at its user or at one of its roles (a
+// GIN index of each target column, migration 00007). Each lookup repeats
+// its index's predicate, or the planner could not use the partial index;
+// the OFFSET 0 fences keep it from walking the seq index instead, which
+// would read every row after $1 — the cost being avoided.
 const nextEntitledSQL = `SELECT least(
   (SELECT seq FROM outbox.events
     WHERE seq > $1 AND seq IS NOT NULL AND target_users IS NULL AND target_roles IS NULL
     ORDER BY seq LIMIT 1),
   (SELECT min(t.seq) FROM (
      SELECT seq FROM outbox.events
-     WHERE seq IS NOT NULL AND outbox.target_keys(target_users, target_roles) && $2::text[]
+     WHERE seq IS NOT NULL AND target_users IS NOT NULL AND target_users && $2::text[]
+     OFFSET 0) t
+   WHERE t.seq > $1),
+  (SELECT min(t.seq) FROM (
+     SELECT seq FROM outbox.events
+     WHERE seq IS NOT NULL AND target_roles IS NOT NULL AND target_roles && $3::text[]
      OFFSET 0) t
    WHERE t.seq > $1))`
 
-// targetKeys are a client's keys in outbox.target_keys's terms.
-func targetKeys(user string, roles []string) []string {
-	keys := make([]string, 0, 1+len(roles))
-	keys = append(keys, "u:"+user)
-	for _, r := range roles {
-		keys = append(keys, "r:"+r)
-	}
-	return keys
-}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/grupogad/outboxd/internal/dbtest"
@@ -62,6 +63,42 @@ UPDATE outbox.events SET target_users = '{}' WHERE seq = 19995`)
 	}
 	if skipReads > 10 || rangeReads < 70 {
 		t.Fatalf("%d reads with skips, %d without", skipReads, rangeReads)
+	}
+}
+
+// The skip-ahead is an index lookup: each of its three parts uses its
+// partial index (a predicate that no longer matches the index's, after a
+// migration, would silently read the whole table instead).
+func TestNextEntitledUsesTheIndexes(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	fillTargeted(t, db, 20_000)
+	db.Exec(t, `UPDATE outbox.events SET target_users = NULL, target_roles = ARRAY['LEVEL_2'] WHERE seq % 100 = 0;
+UPDATE outbox.events SET target_users = NULL WHERE seq % 100 = 1;
+ANALYZE outbox.events`)
+	rows, err := db.Pool.Query(context.Background(), `EXPLAIN `+nextEntitledSQL, int64(10), []string{"u1"}, []string{"LEVEL_1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plan []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, line)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Join(plan, "\n")
+	for _, idx := range []string{"events_broadcast_seq_idx", "events_target_users_idx", "events_target_roles_idx"} {
+		if !strings.Contains(text, idx) {
+			t.Errorf("the plan does not use %s:\n%s", idx, text)
+		}
+	}
+	if strings.Contains(text, "Seq Scan") {
+		t.Errorf("the plan reads the table:\n%s", text)
 	}
 }
 

@@ -321,12 +321,14 @@ func produceOne(ctx context.Context, pool *pgxpool.Pool, spec loadSpec, p int, p
 			return spec.insert(ctx, tx, p, time.Now().UnixNano(), pad)
 		})
 	}
-	evs := make([]outbox.Event, spec.batch)
-	for i := range evs {
-		evs[i] = outbox.Event{Topic: benchTopic, Data: json.RawMessage(fmt.Sprintf(
-			`{"t":%d,"p":%d,"pad":%q}`, time.Now().UnixNano(), p, pad)), Broadcast: true}
-	}
-	return len(evs), pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	return spec.batch, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		// The insert time is taken inside the transaction, as for a peer:
+		// the same latency definition for both.
+		evs := make([]outbox.Event, spec.batch)
+		for i := range evs {
+			evs[i] = outbox.Event{Topic: benchTopic, Data: json.RawMessage(fmt.Sprintf(
+				`{"t":%d,"p":%d,"pad":%q}`, time.Now().UnixNano(), p, pad)), Broadcast: true}
+		}
 		if len(evs) == 1 {
 			_, err := outbox.Emit(ctx, tx, evs[0])
 			return err
