@@ -65,6 +65,8 @@ type options struct {
 	custom    customSpec
 	// centrifugo is the peer's binary (vs-centrifugo).
 	centrifugo string
+	// workloads selects vs-centrifugo's workloads (w1,w3; "" = all).
+	workloads string
 }
 
 // customSpec is the load of -scenario custom.
@@ -87,6 +89,7 @@ func main() {
 	flag.Float64Var(&o.scale, "scale", 1, "scale counts and durations (0.1 for a quick smoke run)")
 	flag.StringVar(&o.extraEnv, "env", "", "extra environment for outboxd, comma separated (RELAY_BATCH_SIZE=1000,…)")
 	flag.StringVar(&o.centrifugo, "centrifugo", ".tools/bin/centrifugo", "Centrifugo v6.9.1 binary for -scenario vs-centrifugo (scripts/ensure-centrifugo.sh builds it)")
+	flag.StringVar(&o.workloads, "workloads", "", "vs-centrifugo: only these workloads, comma separated (w1,w3); default all")
 	flag.StringVar(&o.pprofAddr, "pprof", "", "pass PPROF_ADDR to outboxd (e.g. 127.0.0.1:6060) to profile it during a run")
 	flag.IntVar(&o.custom.clients, "clients", 10, "custom: WebSocket clients")
 	flag.IntVar(&o.custom.producers, "producers", 4, "custom: producer connections")

@@ -166,3 +166,24 @@ func TestResolveScenarios(t *testing.T) {
 		t.Errorf("scenarios %d, numbered %s (+ custom)", len(scenarios), names)
 	}
 }
+
+func TestPickWorkloads(t *testing.T) {
+	for _, c := range []struct {
+		arg  string
+		want []bool
+	}{
+		{"", []bool{true, true, true, true}},
+		{"w3", []bool{false, false, true, false}},
+		{"w1, 4", []bool{true, false, false, true}},
+	} {
+		got, err := pickWorkloads(c.arg, 4)
+		if err != nil || !slices.Equal(got, c.want) {
+			t.Errorf("%q: %v %v, want %v", c.arg, got, err, c.want)
+		}
+	}
+	for _, bad := range []string{"w0", "w5", "x", "w1,,w2"} {
+		if _, err := pickWorkloads(bad, 4); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
