@@ -1,10 +1,17 @@
 package relay
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/grupogad/outboxd/internal/dbtest"
 )
@@ -77,4 +84,73 @@ func BenchmarkRelayBacklog_100k_Batch5000(b *testing.B) { benchBacklog(b, 100000
 // which enters every row into them: A/B against the same relay without.
 func BenchmarkRelayBacklog_100k_Batch5000_NoEntitlementIndexes(b *testing.B) {
 	benchBacklog(b, 100000, 5000, `DROP INDEX outbox.events_target_users_idx; DROP INDEX outbox.events_target_roles_idx; DROP INDEX outbox.events_broadcast_seq_idx`)
+}
+
+// benchBatchCPU measures what one sequencer batch of rows costs
+// PostgreSQL: the CPU time of the sequencer's backend (from /proc, so
+// PostgreSQL on this machine) per batch, rows inserted before each batch.
+// What is fixed per batch and what grows with its rows tells which lever
+// matters: fewer batches or cheaper rows.
+func benchBatchCPU(b *testing.B, rows int, prep ...string) {
+	db := dbtest.New(b)
+	for _, sql := range prep {
+		db.Exec(b, sql)
+	}
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(db.URL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.MaxConns, cfg.MinConns = 1, 1
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Close()
+	var pid int
+	if err := pool.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		b.Fatal(err)
+	}
+	ticks := func() int64 {
+		f, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			b.Skipf("PostgreSQL's backend is not on this machine: %v", err)
+		}
+		fields := strings.Fields(string(f[bytes.LastIndexByte(f, ')')+2:]))
+		u, _ := strconv.ParseInt(fields[11], 10, 64)
+		s, _ := strconv.ParseInt(fields[12], 10, 64)
+		return u + s
+	}
+	seq := NewSequencer(pool, SequencerConfig{BatchSize: 5000, Handoff: nopHandoff{}})
+	var cpu int64
+	for range b.N {
+		b.StopTimer()
+		db.Exec(b, `INSERT INTO outbox.events (topic, payload) SELECT 'bench_event', jsonb_build_object('t', g, 'pad', repeat('x', 64)) FROM generate_series(1, $1) g`, rows)
+		before := ticks()
+		b.StartTimer()
+		if n, err := seq.SequenceOnce(ctx); err != nil || n != rows {
+			b.Fatalf("numbered %d of %d: %v", n, rows, err)
+		}
+		b.StopTimer()
+		cpu += ticks() - before
+		b.StartTimer()
+	}
+	// /proc counts in clock ticks (100 Hz): averaged over b.N batches.
+	b.ReportMetric(float64(cpu)*1e4/float64(b.N), "backend-µs/batch")
+}
+
+type nopHandoff struct{}
+
+func (nopHandoff) Committing(bool) {}
+func (nopHandoff) Offer([]Event)   {}
+
+func BenchmarkSequencerBatchCPU_1Row(b *testing.B)    { benchBatchCPU(b, 1) }
+func BenchmarkSequencerBatchCPU_16Rows(b *testing.B)  { benchBatchCPU(b, 16) }
+func BenchmarkSequencerBatchCPU_256Rows(b *testing.B) { benchBatchCPU(b, 256) }
+
+// The row checks as they were before migration 00008: evaluated on the
+// sequencer's UPDATE too (A/B for that migration).
+func BenchmarkSequencerBatchCPU_256Rows_OldChecks(b *testing.B) {
+	benchBatchCPU(b, 256, `ALTER TABLE outbox.events DROP CONSTRAINT events_topic_format_check, DROP CONSTRAINT events_payload_object_check, DROP CONSTRAINT events_payload_max_256kib_check,
+	ADD CONSTRAINT events_topic_format_check CHECK (topic ~ '^[a-z][a-z0-9_.-]{0,63}$'), ADD CONSTRAINT events_payload_object_check CHECK (jsonb_typeof(payload) = 'object'), ADD CONSTRAINT events_payload_max_256kib_check CHECK (octet_length(payload::text) <= 262144)`)
 }

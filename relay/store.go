@@ -197,4 +197,3 @@ const nextEntitledSQL = `SELECT least(
      WHERE seq IS NOT NULL AND target_roles IS NOT NULL AND target_roles && $3::text[]
      OFFSET 0) t
    WHERE t.seq > $1))`
-
