@@ -1,12 +1,7 @@
 package relay
 
 import (
-	"bytes"
 	"context"
-	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/grupogad/outboxd/internal/dbtest"
+	"github.com/grupogad/outboxd/internal/procstat"
 )
 
 type countingDispatcher struct {
@@ -112,14 +108,11 @@ func benchBatchCPU(b *testing.B, rows int, prep ...string) {
 		b.Fatal(err)
 	}
 	ticks := func() int64 {
-		f, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		n, err := procstat.CPUTicks(pid)
 		if err != nil {
 			b.Skipf("PostgreSQL's backend is not on this machine: %v", err)
 		}
-		fields := strings.Fields(string(f[bytes.LastIndexByte(f, ')')+2:]))
-		u, _ := strconv.ParseInt(fields[11], 10, 64)
-		s, _ := strconv.ParseInt(fields[12], 10, 64)
-		return u + s
+		return n
 	}
 	seq := NewSequencer(pool, SequencerConfig{BatchSize: 5000, Handoff: nopHandoff{}})
 	var cpu int64
@@ -135,13 +128,13 @@ func benchBatchCPU(b *testing.B, rows int, prep ...string) {
 		cpu += ticks() - before
 		b.StartTimer()
 	}
-	// /proc counts in clock ticks (100 Hz): averaged over b.N batches, and
+	// /proc counts in clock ticks (procstat.ClockTicks): averaged over b.N batches, and
 	// meaningless over a few ticks (CI's -benchtime 1x is a smoke run).
 	if cpu < 20 {
 		b.Logf("%d clock ticks over %d batches: too few to report; run with -benchtime 400x", cpu, b.N)
 		return
 	}
-	b.ReportMetric(float64(cpu)*1e4/float64(b.N), "backend-µs/batch")
+	b.ReportMetric(float64(cpu)*1e6/procstat.ClockTicks/float64(b.N), "backend-µs/batch")
 }
 
 type nopHandoff struct{}

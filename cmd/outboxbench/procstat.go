@@ -6,11 +6,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/grupogad/outboxd/internal/procstat"
 )
 
-// clockTicks is USER_HZ, the unit of utime and stime in /proc/pid/stat (100
-// on Linux everywhere that matters).
-const clockTicks = 100
+// clockTicks is the unit of utime and stime in /proc/PID/stat.
+const clockTicks = procstat.ClockTicks
 
 // procSample is a process's CPU time and memory at one instant.
 type procSample struct {
@@ -21,19 +22,11 @@ type procSample struct {
 
 func sampleProc(pid int) (procSample, error) {
 	s := procSample{at: time.Now()}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	ticks, err := procstat.CPUTicks(pid)
 	if err != nil {
 		return s, err
 	}
-	// The command name may contain spaces; fields resume after ')'.
-	rest := string(stat[strings.LastIndexByte(string(stat), ')')+2:])
-	f := strings.Fields(rest)
-	if len(f) < 13 {
-		return s, fmt.Errorf("/proc/%d/stat: short", pid)
-	}
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	s.cpuTicks = utime + stime
+	s.cpuTicks = ticks
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return s, err
