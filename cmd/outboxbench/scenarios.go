@@ -256,6 +256,11 @@ func loadOn(ctx context.Context, pool *pgxpool.Pool, sv server, clients int, spe
 	defer closeClients(cs)
 	spec.insert = sv.inserter()
 	var committed atomic.Int64
+	_, ours := sv.(*sidecar)
+	var pgBefore int64
+	if ours {
+		pgBefore = postgresTicks(ctx, pool)
+	}
 	before, _ := sampleProc(sv.pid())
 	stop := progress(fmt.Sprintf("%d clients", clients), spec.duration, func() string {
 		last, _, _, _, _, _ := cs[0].snapshot()
@@ -276,6 +281,7 @@ func loadOn(ctx context.Context, pool *pgxpool.Pool, sv server, clients int, spe
 	waitDelivered(cs, last, 5*time.Second, 2*time.Minute)
 	stop()
 	after, _ := sampleProc(sv.pid())
+	pgAfter := postgresTicks(ctx, pool)
 	delivered := deliveryStats(&r, cs, first+1, last)
 	span := lastReceipt(cs).Sub(start).Seconds()
 	events := float64(last - first)
@@ -288,6 +294,14 @@ func loadOn(ctx context.Context, pool *pgxpool.Pool, sv server, clients int, spe
 	}, r.Metrics...)
 	r.add("server_cpu", cpuPercent(before, after), "% of one core")
 	r.add("server_rss", float64(after.rssKiB)/1024, "MiB")
+	if ours {
+		// Its PostgreSQL sessions (sequencer, tailer, listener, replay):
+		// the relay's cost to the database, which the producers share.
+		pgCPU := float64(pgAfter-pgBefore) / clockTicks / after.at.Sub(before.at).Seconds() * 100
+		r.add("server_postgres_cpu", pgCPU, "% of one core (outboxd's PostgreSQL sessions)")
+		perS := events / after.at.Sub(before.at).Seconds()
+		r.add("server_cpu_per_event", (cpuPercent(before, after)+pgCPU)*1e4/perS, "µs of CPU (outboxd + its sessions)")
+	}
 	return r, nil
 }
 
