@@ -24,7 +24,7 @@ import (
 const (
 	BatchSizeDefault       = 5000
 	PollIntervalDefault    = 100 * time.Millisecond
-	MinPollIntervalDefault = 4 * time.Millisecond
+	MinPollIntervalDefault = 2 * time.Millisecond
 	LingerDefault          = time.Second
 	LingerPollDefault      = 10 * time.Millisecond
 	QueryTimeoutDefault    = 10 * time.Second
@@ -43,16 +43,16 @@ type SequencerConfig struct {
 	// doubles its sleep while nothing arrives, up to this. Measured: 20 ms
 	// costs 2.3 % of a core when idle, 100 ms 0.7 % (BENCHMARKS.md).
 	PollInterval time.Duration
-	// MinPollInterval is the sleep after a partial batch (4 ms): long enough
-	// to let a few more rows gather, short enough for latency. Most of a
-	// batch's cost is fixed (PostgreSQL ~0.5 ms of CPU, outboxd about as
-	// much, and a frame to every recipient), so this pause sets what the
-	// relay costs the producers under load. Measured (BENCHMARKS.md): 2 ms
-	// → 4 ms cut the relay's CPU per event by 14–18 % at 1,000–1,250
-	// events/s to 100 clients with no change in latency, and kept the
-	// producers at 82 % instead of 78 %; one client alone sees ~1.5 ms more
-	// at its median. (Starting the next batch at once after a batch slower
-	// than this cost CPU and latency at 2,500 events/s.)
+	// MinPollInterval is the shortest sleep after a partial batch (2 ms):
+	// the sleep is twice the batch's wall time, at least this, at most
+	// LingerPoll (pauseAfter). Most of a batch's cost is fixed (PostgreSQL
+	// ~0.5 ms of CPU, outboxd about as much, and a frame to every
+	// recipient), so this pause sets what the relay costs the producers
+	// under load. Measured (BENCHMARKS.md, session 6): a fixed 2 → 4 ms
+	// cut the relay's CPU per event by 14–18 % with 100 clients and the
+	// same latency; the adaptive pause cut another 18–25 %. (Starting the
+	// next batch at once after a slow batch cost CPU and latency at 2,500
+	// events/s.)
 	MinPollInterval time.Duration
 	// Linger (1 s) is how long after its last rows the sequencer keeps
 	// its idle sleep at most LingerPoll (10 ms) before backing off to
@@ -417,6 +417,7 @@ func (s *Sequencer) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		// The batch runs on a context that Stop does not cancel, so a stop
 		// finishes the in-flight batch instead of aborting it.
+		start := time.Now()
 		n, err := s.SequenceOnce(context.WithoutCancel(ctx))
 		s.recordResult(err)
 		switch {
@@ -437,11 +438,12 @@ func (s *Sequencer) run(ctx context.Context) {
 		bo.Reset()
 		if n > 0 {
 			lastRows = time.Now()
+			took := lastRows.Sub(start)
 			idle = s.cfg.MinPollInterval
 			if n >= s.cfg.BatchSize {
 				continue
 			}
-			if !backoff.Sleep(ctx, s.cfg.MinPollInterval) {
+			if !backoff.Sleep(ctx, s.cfg.pauseAfter(took)) {
 				return
 			}
 			continue
@@ -472,6 +474,16 @@ func (s *Sequencer) run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// pauseAfter is the sleep after a partial batch that took d: twice d,
+// within [MinPollInterval, LingerPoll]. A batch's cost is mostly fixed, and
+// its wall time grows when the host or the database is busy (waiting for a
+// core, for the WAL flush): the sequencer then batches less often, keeping
+// its share of the time at most a third, and the producers keep the rest.
+// On a quiet host a batch takes ~1 ms and the pause stays MinPollInterval.
+func (c *SequencerConfig) pauseAfter(d time.Duration) time.Duration {
+	return min(max(2*d, c.MinPollInterval), c.LingerPoll)
 }
 
 func (s *Sequencer) hasPending(ctx context.Context) (bool, error) {

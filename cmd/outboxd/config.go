@@ -102,7 +102,7 @@ type Config struct {
 	RelayPollInterval time.Duration `env:"RELAY_POLL_INTERVAL" envDefault:"100ms"`
 	// RelayMinPollInterval is the sequencer's pause after a batch that was
 	// not full, while events flow: rows gather for the next batch.
-	RelayMinPollInterval time.Duration `env:"RELAY_MIN_POLL_INTERVAL" envDefault:"4ms"`
+	RelayMinPollInterval time.Duration `env:"RELAY_MIN_POLL_INTERVAL" envDefault:"2ms"`
 	// RelayWakeup is how an idle sequencer learns of new rows: poll, or
 	// notify (a producer trigger; for low-rate apps).
 	RelayWakeup string `env:"RELAY_WAKEUP" envDefault:"poll"`
