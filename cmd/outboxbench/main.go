@@ -27,7 +27,7 @@
 //	8 tcp-floor        scenario 5's broadcast with bare TCP, no outboxd    (reference: this machine's floor)
 //	9 reconnect-storm  5,000 clients from one address; outboxd restarts   all resumed ≤ 10 s, none lost
 //	                   with its shipped defaults, 100 events committed meanwhile
-//	10 vs-centrifugo   four workloads against outboxd, then the same against Centrifugo v6.9.1's
+//	10 vs-centrifugo   five workloads against outboxd, then the same against Centrifugo v6.9.1's
 //	                   PostgreSQL outbox consumer, in each run (runs alternate A, B, A, B); ratios
 //
 // outboxd's clients connect with batch=1 (-frames single for one event per
