@@ -44,15 +44,15 @@ type SequencerConfig struct {
 	// costs 2.3 % of a core when idle, 100 ms 0.7 % (BENCHMARKS.md).
 	PollInterval time.Duration
 	// MinPollInterval is the shortest sleep after a partial batch (2 ms):
-	// the sleep is twice the batch's wall time, at least this, at most
-	// LingerPoll (pauseAfter). Most of a batch's cost is fixed (PostgreSQL
+	// the sleep is twice the batch's wall time, at least this, at most three
+	// times this (pauseAfter). Most of a batch's cost is fixed (PostgreSQL
 	// ~0.5 ms of CPU, outboxd about as much, and a frame to every
 	// recipient), so this pause sets what the relay costs the producers
 	// under load. Measured (BENCHMARKS.md, session 6): a fixed 2 → 4 ms
 	// cut the relay's CPU per event by 14–18 % with 100 clients and the
-	// same latency; the adaptive pause cut another 18–25 %. (Starting the
-	// next batch at once after a slow batch cost CPU and latency at 2,500
-	// events/s.)
+	// same latency; this adaptive pause, 21–29 % against a fixed 2 ms.
+	// (Starting the next batch at once after a slow batch cost CPU and
+	// latency at 2,500 events/s.)
 	MinPollInterval time.Duration
 	// Linger (1 s) is how long after its last rows the sequencer keeps
 	// its idle sleep at most LingerPoll (10 ms) before backing off to
@@ -477,13 +477,15 @@ func (s *Sequencer) run(ctx context.Context) {
 }
 
 // pauseAfter is the sleep after a partial batch that took d: twice d,
-// within [MinPollInterval, LingerPoll]. A batch's cost is mostly fixed, and
-// its wall time grows when the host or the database is busy (waiting for a
-// core, for the WAL flush): the sequencer then batches less often, keeping
-// its share of the time at most a third, and the producers keep the rest.
-// On a quiet host a batch takes ~1 ms and the pause stays MinPollInterval.
+// within [MinPollInterval, 3 × MinPollInterval] (and at most PollInterval).
+// A batch's cost is mostly fixed, and its wall time grows when the host or
+// the database is busy (waiting for a core, for the WAL flush): the
+// sequencer then batches less often, and the producers keep the CPU. On a
+// quiet host a batch takes ~1 ms and the pause stays MinPollInterval. The
+// ceiling is latency's: every ms of pause is half a ms at the median, and
+// 2 × d up to 10 ms cost 18 % at w3's median in the side-by-side.
 func (c *SequencerConfig) pauseAfter(d time.Duration) time.Duration {
-	return min(max(2*d, c.MinPollInterval), c.LingerPoll)
+	return min(max(2*d, c.MinPollInterval), 3*c.MinPollInterval, max(c.PollInterval, c.MinPollInterval))
 }
 
 func (s *Sequencer) hasPending(ctx context.Context) (bool, error) {
