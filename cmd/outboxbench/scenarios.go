@@ -281,7 +281,10 @@ func loadOn(ctx context.Context, pool *pgxpool.Pool, sv server, clients int, spe
 	waitDelivered(cs, last, 5*time.Second, 2*time.Minute)
 	stop()
 	after, _ := sampleProc(sv.pid())
-	pgAfter := postgresTicks(ctx, pool)
+	var pgAfter int64
+	if ours {
+		pgAfter = postgresTicks(ctx, pool)
+	}
 	delivered := deliveryStats(&r, cs, first+1, last)
 	span := lastReceipt(cs).Sub(start).Seconds()
 	events := float64(last - first)
@@ -297,10 +300,10 @@ func loadOn(ctx context.Context, pool *pgxpool.Pool, sv server, clients int, spe
 	if ours {
 		// Its PostgreSQL sessions (sequencer, tailer, listener, replay):
 		// the relay's cost to the database, which the producers share.
-		pgCPU := float64(pgAfter-pgBefore) / clockTicks / after.at.Sub(before.at).Seconds() * 100
+		window := after.at.Sub(before.at).Seconds()
+		pgCPU := float64(pgAfter-pgBefore) / clockTicks / window * 100
 		r.add("server_postgres_cpu", pgCPU, "% of one core (outboxd's PostgreSQL sessions)")
-		perS := events / after.at.Sub(before.at).Seconds()
-		r.add("server_cpu_per_event", (cpuPercent(before, after)+pgCPU)*1e4/perS, "µs of CPU (outboxd + its sessions)")
+		r.add("server_cpu_per_event", (cpuPercent(before, after)+pgCPU)*1e4/(events/window), "µs of CPU (outboxd + its sessions)")
 	}
 	return r, nil
 }
