@@ -22,9 +22,33 @@ const benchSecret = "outboxbench-secret-0123456789abcdef"
 
 type benchEnv struct {
 	o options
+	// proxy holds outboxd's database traffic (-pg-delay), or is nil.
+	proxy *delayProxy
 }
 
-func newBenchEnv(o options) *benchEnv { return &benchEnv{o: o} }
+func newBenchEnv(o options) (*benchEnv, error) {
+	e := &benchEnv{o: o}
+	if o.pgDelay > 0 {
+		u, err := url.Parse(o.adminURL)
+		if err != nil {
+			return nil, fmt.Errorf("-admin-url: %w", err)
+		}
+		port := u.Port()
+		if port == "" {
+			port = "5432"
+		}
+		if e.proxy, err = startDelayProxy(net.JoinHostPort(u.Hostname(), port), o.pgDelay); err != nil {
+			return nil, fmt.Errorf("-pg-delay: %w", err)
+		}
+	}
+	return e, nil
+}
+
+func (e *benchEnv) close() {
+	if e.proxy != nil {
+		e.proxy.Close()
+	}
+}
 
 func (e *benchEnv) n(x int) int { return max(1, int(float64(x)*e.o.scale)) }
 func (e *benchEnv) d(x time.Duration) time.Duration {
@@ -34,6 +58,17 @@ func (e *benchEnv) d(x time.Duration) time.Duration {
 func (e *benchEnv) dbURL() string {
 	u, _ := url.Parse(e.o.adminURL)
 	u.Path = "/" + e.o.dbName
+	return u.String()
+}
+
+// sidecarDBURL is outboxd's DATABASE_URL: through the delay proxy with
+// -pg-delay.
+func (e *benchEnv) sidecarDBURL() string {
+	if e.proxy == nil {
+		return e.dbURL()
+	}
+	u, _ := url.Parse(e.dbURL())
+	u.Host = e.proxy.Addr()
 	return u.String()
 }
 
@@ -134,7 +169,7 @@ func (e *benchEnv) startSidecarAt(ctx context.Context, addr string, shipped bool
 	s := &sidecar{addr: addr, done: make(chan struct{}), start: time.Now()}
 	s.cmd = exec.Command(e.o.outboxd)
 	s.cmd.Env = []string{
-		"PATH=" + os.Getenv("PATH"), "DATABASE_URL=" + e.dbURL(), "LISTEN_ADDR=" + addr, "SECRET_KEY=" + benchSecret,
+		"PATH=" + os.Getenv("PATH"), "DATABASE_URL=" + e.sidecarDBURL(), "LISTEN_ADDR=" + addr, "SECRET_KEY=" + benchSecret,
 		"LOG_LEVEL=warn", "AUTO_MIGRATE=false",
 	}
 	if !shipped {

@@ -67,6 +67,9 @@ type options struct {
 	centrifugo string
 	// workloads selects vs-centrifugo's workloads (w1,w3; "" = all).
 	workloads string
+	// pgDelay puts outboxd's database connections behind a proxy that holds
+	// every chunk this long each way (delayProxy).
+	pgDelay time.Duration
 }
 
 // customSpec is the load of -scenario custom.
@@ -90,6 +93,7 @@ func main() {
 	flag.StringVar(&o.extraEnv, "env", "", "extra environment for outboxd, comma separated (RELAY_BATCH_SIZE=1000,…)")
 	flag.StringVar(&o.centrifugo, "centrifugo", ".tools/bin/centrifugo", "Centrifugo v6.9.1 binary for -scenario vs-centrifugo (scripts/ensure-centrifugo.sh builds it)")
 	flag.StringVar(&o.workloads, "workloads", "", "vs-centrifugo: only these workloads, comma separated (w1,w3); default all")
+	flag.DurationVar(&o.pgDelay, "pg-delay", 0, "hold outboxd's PostgreSQL traffic this long each way (a database one round trip of twice this away; at most 50ms; the producers connect directly)")
 	flag.StringVar(&o.pprofAddr, "pprof", "", "pass PPROF_ADDR to outboxd (e.g. 127.0.0.1:6060) to profile it during a run")
 	flag.IntVar(&o.custom.clients, "clients", 10, "custom: WebSocket clients")
 	flag.IntVar(&o.custom.producers, "producers", 4, "custom: producer connections")
@@ -123,6 +127,9 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if o.runs < 1 || o.runs > 20 || o.scale <= 0 || o.scale > 10 {
 		return errors.New("-runs must be 1..20 and -scale in (0, 10]")
 	}
+	if o.pgDelay < 0 || o.pgDelay > 50*time.Millisecond {
+		return errors.New("-pg-delay must be 0..50ms")
+	}
 	if c := o.custom; c.clients < 1 || c.clients > 15000 || c.producers < 1 || c.producers > 64 || c.batch < 1 || c.batch > maxBatch ||
 		c.rate < 0 || c.duration <= 0 || c.duration > 10*time.Minute || c.padBytes < 0 || c.padBytes > 200000 || c.burst < 0 || c.burst > maxBatch {
 		return fmt.Errorf("custom load out of bounds: -clients 1..15000, -producers 1..64, -batch 1..%d, -burst 0..%[1]d, -rate ≥ 0, -duration ≤ 10m, -pad ≤ 200000", maxBatch)
@@ -132,7 +139,11 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	env := newBenchEnv(o)
+	env, err := newBenchEnv(o)
+	if err != nil {
+		return err
+	}
+	defer env.close()
 	var summaries []summary
 	for _, name := range names {
 		var rs []result

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -186,4 +188,59 @@ func TestPickWorkloads(t *testing.T) {
 			t.Errorf("%q accepted", bad)
 		}
 	}
+}
+
+// The delay proxy passes every byte, in order, each way, and never sooner
+// than its delay (a round trip takes at least twice it).
+func TestDelayProxy(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := echo.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	}()
+	const delay = 3 * time.Millisecond
+	p, err := startDelayProxy(echo.Addr().String(), delay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	var sent, got bytes.Buffer
+	for i := range 50 {
+		msg := fmt.Appendf(nil, "message %d;", i)
+		sent.Write(msg)
+		start := time.Now()
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatal(err)
+		}
+		if rtt := time.Since(start); rtt < 2*delay {
+			t.Fatalf("round trip %d took %s, less than twice the delay %s", i, rtt, delay)
+		}
+		got.Write(buf)
+	}
+	if !bytes.Equal(sent.Bytes(), got.Bytes()) {
+		t.Fatalf("bytes changed through the proxy:\n sent %q\n got  %q", sent.Bytes(), got.Bytes())
+	}
+	c.Close()
+	p.Close()
+	<-done
 }
