@@ -279,7 +279,7 @@ func produce(ctx context.Context, pool *pgxpool.Pool, spec loadSpec, committed *
 			if spec.rate > 0 {
 				interval = time.Duration(float64(time.Second) * float64(spec.batch) * float64(spec.producers) / spec.rate)
 			}
-			start := time.Now()
+			start := time.Now().Add(pacingOffset(p, spec.producers, interval))
 			for k := 0; ; k++ {
 				if interval > 0 {
 					wait := time.Until(start.Add(time.Duration(k) * interval))
@@ -310,6 +310,22 @@ func produce(ctx context.Context, pool *pgxpool.Pool, spec loadSpec, committed *
 	wg.Wait()
 	close(errs)
 	return txCount.Load(), <-errs
+}
+
+// lockstepPacing starts every paced producer at the same instant (-pacing
+// lockstep, sessions 3–7's figures): their transactions then arrive
+// together, one per producer every interval. By default (staggered) producer
+// p starts p/producers of an interval later, so the same rate arrives
+// evenly, as an app's independent requests would.
+var lockstepPacing = false
+
+// pacingOffset is when producer p of n, paced at one transaction per
+// interval, starts.
+func pacingOffset(p, n int, interval time.Duration) time.Duration {
+	if lockstepPacing || n < 1 {
+		return 0
+	}
+	return interval * time.Duration(p) / time.Duration(n)
 }
 
 // produceOne commits one producer transaction and returns how many events

@@ -244,3 +244,28 @@ func TestDelayProxy(t *testing.T) {
 	p.Close()
 	<-done
 }
+
+// Staggered producers start evenly spread over one interval; in lockstep
+// they all start at once.
+func TestPacingOffset(t *testing.T) {
+	const interval = 8 * time.Millisecond
+	var got []time.Duration
+	for p := range 8 {
+		got = append(got, pacingOffset(p, 8, interval))
+	}
+	want := []time.Duration{0, time.Millisecond, 2 * time.Millisecond, 3 * time.Millisecond,
+		4 * time.Millisecond, 5 * time.Millisecond, 6 * time.Millisecond, 7 * time.Millisecond}
+	if !slices.Equal(got, want) {
+		t.Fatalf("staggered offsets %v, want %v", got, want)
+	}
+	if d := pacingOffset(3, 8, 0); d != 0 {
+		t.Fatalf("unpaced producer offset %s, want 0", d)
+	}
+	lockstepPacing = true
+	defer func() { lockstepPacing = false }()
+	for p := range 8 {
+		if d := pacingOffset(p, 8, interval); d != 0 {
+			t.Fatalf("lockstep producer %d offset %s, want 0", p, d)
+		}
+	}
+}
