@@ -36,16 +36,19 @@ func startDelayProxy(upstream string, delay time.Duration) (*delayProxy, error) 
 func (p *delayProxy) Addr() string { return p.ln.Addr().String() }
 
 // Close stops accepting, cuts every connection and waits for the copies.
+// A connection accepted meanwhile is refused by track.
 func (p *delayProxy) Close() {
 	_ = p.ln.Close()
 	p.mu.Lock()
 	for c := range p.conns {
 		_ = c.Close()
 	}
+	p.conns = nil
 	p.mu.Unlock()
 	p.wg.Wait()
 }
 
+// track records c to be cut by Close; false once Close has run.
 func (p *delayProxy) track(c net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -57,11 +60,6 @@ func (p *delayProxy) track(c net.Conn) bool {
 }
 
 func (p *delayProxy) accept() {
-	defer func() {
-		p.mu.Lock()
-		p.conns = nil
-		p.mu.Unlock()
-	}()
 	for {
 		down, err := p.ln.Accept()
 		if err != nil {
