@@ -16,8 +16,10 @@
 //
 // Any replica may sequence. A batch runs in one READ COMMITTED transaction:
 //
-//  1. SELECT last_seq FROM outbox.relay_state FOR UPDATE SKIP LOCKED;
-//     no row means another replica holds the lock: back off.
+//  1. If a row is pending, SELECT last_seq FROM outbox.relay_state FOR
+//     UPDATE SKIP LOCKED; no row means another replica holds the lock: back
+//     off. With nothing pending it locks nothing, so an empty batch has no
+//     transaction id and commits without writing WAL (no fsync).
 //  2. Number up to BatchSize pending rows from last_seq+1, advance last_seq,
 //     and pg_notify('outbox_seq', last_seq) — one NOTIFY per batch.
 //
@@ -39,8 +41,11 @@
 // Producers pay nothing extra: no trigger, no NOTIFY per transaction (a
 // NOTIFY serialises commits on a global lock). The sequencer polls the small
 // partial index of pending rows adaptively: at once while batches come back
-// full, after MinPollInterval when a batch was partial, and with a doubling
-// sleep up to PollInterval while there is nothing to do.
+// full, after a pause that follows the batch's wall time when a batch was
+// partial, and with a doubling sleep while there is nothing to do — up to
+// LingerPoll for a second after the last rows, each sleep ending in a batch
+// (as cheap as a probe when it finds nothing), then up to PollInterval,
+// each ending in a probe of the pending rows' index.
 //
 // Tailers (one per replica) LISTEN on outbox_seq on a dedicated connection
 // and poll every FallbackPoll as well, so a lost notification or a pooler

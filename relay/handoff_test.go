@@ -438,3 +438,62 @@ func TestSequenceStatementNeedsTheLock(t *testing.T) {
 	}
 	assertGapFree(t, db, 5)
 }
+
+// A batch that finds nothing pending locks nothing: relay_state's xmax (the
+// last locker's transaction id) is unchanged, so the batch had no
+// transaction id and its commit wrote no WAL. With the lock held elsewhere
+// it reports nothing to do, not ErrLockHeld; once a row is pending, it
+// reports the lock held, then numbers the row when the lock is free.
+func TestEmptyBatchTakesNoLock(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	ctx := context.Background()
+	s := NewSequencer(db.Pool, SequencerConfig{Handoff: &recordingHandoff{}, QueryTimeout: 3 * time.Second})
+	if err := emitTx(ctx, db.Pool, producerPayload{0, 0}, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.SequenceOnce(ctx); err != nil || n != 1 {
+		t.Fatalf("first batch: %d, %v", n, err)
+	}
+	xmax := func() string {
+		var x string
+		if err := db.Pool.QueryRow(ctx, `SELECT xmax::text FROM outbox.relay_state`).Scan(&x); err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	before := xmax()
+	for range 3 {
+		if n, err := s.SequenceOnce(ctx); err != nil || n != 0 {
+			t.Fatalf("empty batch: %d, %v", n, err)
+		}
+	}
+	if after := xmax(); after != before {
+		t.Fatalf("an empty batch locked relay_state: xmax %s → %s", before, after)
+	}
+
+	holder, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = holder.Rollback(context.Background()) })
+	if _, err := holder.Exec(ctx, `SELECT 1 FROM outbox.relay_state FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.SequenceOnce(ctx); err != nil || n != 0 {
+		t.Fatalf("nothing pending, lock held elsewhere: %d, %v; want 0, nil", n, err)
+	}
+	if err := emitTx(ctx, db.Pool, producerPayload{0, 1}, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.SequenceOnce(ctx); !errors.Is(err, ErrLockHeld) || n != 0 {
+		t.Fatalf("a row pending, lock held elsewhere: %d, %v; want ErrLockHeld", n, err)
+	}
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.SequenceOnce(ctx); err != nil || n != 1 {
+		t.Fatalf("lock free: %d, %v", n, err)
+	}
+	assertGapFree(t, db, 2)
+}

@@ -2,6 +2,8 @@ package relay
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -88,6 +90,17 @@ func BenchmarkRelayBacklog_100k_Batch5000_NoEntitlementIndexes(b *testing.B) {
 // What is fixed per batch and what grows with its rows tells which lever
 // matters: fewer batches or cheaper rows.
 func benchBatchCPU(b *testing.B, rows int, prep ...string) {
+	benchBackendCPU(b, rows, func(ctx context.Context, s *Sequencer) error {
+		if n, err := s.SequenceOnce(ctx); err != nil || n != rows {
+			return fmt.Errorf("numbered %d of %d: %v", n, rows, err)
+		}
+		return nil
+	}, prep...)
+}
+
+// benchBackendCPU reports the sequencer's backend CPU per op, rows
+// inserted before each.
+func benchBackendCPU(b *testing.B, rows int, op func(context.Context, *Sequencer) error, prep ...string) {
 	db := dbtest.New(b)
 	for _, sql := range prep {
 		db.Exec(b, sql)
@@ -121,8 +134,8 @@ func benchBatchCPU(b *testing.B, rows int, prep ...string) {
 		db.Exec(b, `INSERT INTO outbox.events (topic, payload) SELECT 'bench_event', jsonb_build_object('t', g, 'pad', repeat('x', 64)) FROM generate_series(1, $1) g`, rows)
 		before := ticks()
 		b.StartTimer()
-		if n, err := seq.SequenceOnce(ctx); err != nil || n != rows {
-			b.Fatalf("numbered %d of %d: %v", n, rows, err)
+		if err := op(ctx, seq); err != nil {
+			b.Fatal(err)
 		}
 		b.StopTimer()
 		cpu += ticks() - before
@@ -134,7 +147,7 @@ func benchBatchCPU(b *testing.B, rows int, prep ...string) {
 		b.Logf("%d clock ticks over %d batches: too few to report; run with -benchtime 400x", cpu, b.N)
 		return
 	}
-	b.ReportMetric(float64(cpu)*1e6/procstat.ClockTicks/float64(b.N), "backend-µs/batch")
+	b.ReportMetric(float64(cpu)*1e6/procstat.ClockTicks/float64(b.N), "backend-µs/op")
 }
 
 type nopHandoff struct{}
@@ -145,6 +158,19 @@ func (nopHandoff) Offer([]Event)   {}
 func BenchmarkSequencerBatchCPU_1Row(b *testing.B)    { benchBatchCPU(b, 1) }
 func BenchmarkSequencerBatchCPU_16Rows(b *testing.B)  { benchBatchCPU(b, 16) }
 func BenchmarkSequencerBatchCPU_256Rows(b *testing.B) { benchBatchCPU(b, 256) }
+
+// A batch that finds nothing pending (lockSQL takes no lock then), and the
+// idle probe, for comparison.
+func BenchmarkSequencerBatchCPU_Empty(b *testing.B) { benchBatchCPU(b, 0) }
+func BenchmarkSequencerProbeCPU(b *testing.B) {
+	benchBackendCPU(b, 0, func(ctx context.Context, s *Sequencer) error {
+		pending, err := s.hasPending(ctx)
+		if err == nil && pending {
+			err = errors.New("the probe found a row pending")
+		}
+		return err
+	})
+}
 
 // The row checks as they were before migration 00008: evaluated on the
 // sequencer's UPDATE too (A/B for that migration).

@@ -197,7 +197,16 @@ func NewSequencer(pool *pgxpool.Pool, cfg SequencerConfig) *Sequencer {
 	return s
 }
 
-const lockSQL = `SELECT last_seq FROM outbox.relay_state FOR UPDATE SKIP LOCKED`
+// lockSQL takes the sequencing lock, but only when a row is pending: it
+// returns whether one is, and relay_state.last_seq if this transaction now
+// holds the lock (NULL: another sequencer holds it). A batch that finds
+// nothing pending thus locks nothing, gets no transaction id and commits
+// without writing or flushing WAL: as cheap as the idle probe, so that
+// polling while events flow costs a read, not a durable commit (a row lock
+// is a WAL record, and its commit an fsync). Both EXISTS run in one
+// snapshot and agree.
+const lockSQL = `SELECT pending, (SELECT last_seq FROM outbox.relay_state WHERE pending FOR UPDATE SKIP LOCKED)
+FROM (SELECT EXISTS (SELECT 1 FROM outbox.events WHERE seq IS NULL) AS pending) p`
 
 // sequenceSQL numbers up to $1 pending rows after relay_state.last_seq,
 // advances relay_state and notifies, all in one statement, and returns the
@@ -251,7 +260,9 @@ type Handoff interface {
 }
 
 // SequenceOnce runs one batch and returns how many rows it numbered.
-// It returns ErrLockHeld when another sequencer is running. Once the batch
+// It returns ErrLockHeld when rows are pending and another sequencer holds
+// the lock (with nothing pending it returns 0: there was nothing to
+// lock for). Once the batch
 // has committed, the rows it numbered (as many as fit in HandoffBytes) go
 // to Handoff.
 //
@@ -329,13 +340,12 @@ func (s *Sequencer) batch(ctx context.Context, conn *pgx.Conn, handoff *[]Event)
 	if _, err := br.Exec(); err != nil {
 		return 0, fmt.Errorf("relay: sequencer begin: %w", err)
 	}
-	var last int64
-	locked := true
-	if err := br.QueryRow().Scan(&last); errors.Is(err, pgx.ErrNoRows) {
-		locked = false
-	} else if err != nil {
+	var pending bool
+	var last *int64
+	if err := br.QueryRow().Scan(&pending, &last); err != nil {
 		return 0, fmt.Errorf("relay: sequencer lock: %w", err)
 	}
+	locked := last != nil
 	rows, err := br.Query()
 	if err != nil {
 		return 0, fmt.Errorf("relay: sequence batch: %w", err)
@@ -387,7 +397,7 @@ func (s *Sequencer) batch(ctx context.Context, conn *pgx.Conn, handoff *[]Event)
 			return 0, fmt.Errorf("relay: sequencer commit: %w", err)
 		}
 	}
-	if !locked {
+	if !locked && pending {
 		return 0, ErrLockHeld
 	}
 	return n, nil
@@ -448,9 +458,9 @@ func (s *Sequencer) run(ctx context.Context) {
 			}
 			continue
 		}
-		// Idle: probe cheaply with a growing sleep until something is
-		// pending or a producer's trigger wakes us. A wake from before this
-		// batch is stale: drop it, this batch saw its rows.
+		// Idle: sleep longer each time until something is pending or a
+		// producer's trigger wakes us. A wake from before this batch is
+		// stale: drop it, this batch saw its rows.
 		select {
 		case <-s.wake:
 		default:
@@ -464,10 +474,18 @@ func (s *Sequencer) run(ctx context.Context) {
 				break
 			}
 			ceiling := s.cfg.PollInterval
-			if time.Since(lastRows) < s.cfg.Linger {
+			lingering := time.Since(lastRows) < s.cfg.Linger
+			if lingering {
 				ceiling = s.cfg.LingerPoll
 			}
 			idle = min(idle*2, ceiling)
+			// Soon after rows the next batch is the probe: finding nothing
+			// it locks nothing (lockSQL) and costs about what the probe
+			// does, and finding rows it numbers them one round trip sooner.
+			// A quiet system probes: one statement, no transaction.
+			if lingering {
+				break
+			}
 			pending, err := s.hasPending(ctx)
 			if err != nil || pending {
 				break
