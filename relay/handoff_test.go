@@ -497,3 +497,71 @@ func TestEmptyBatchTakesNoLock(t *testing.T) {
 	}
 	assertGapFree(t, db, 2)
 }
+
+// offerChan signals every offered batch's last seq.
+type offerChan chan int64
+
+func (offerChan) Committing(bool) {}
+func (c offerChan) Offer(evs []Event) {
+	c <- evs[len(evs)-1].Seq
+}
+
+// recvWithin receives from c, failing the test after 10 s.
+func recvWithin[T any](t *testing.T, c <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-c:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing received in 10 s")
+		panic("unreachable")
+	}
+}
+
+// For Linger after its last rows the sequencer's idle sleeps end in a batch
+// (as cheap as a probe when nothing is pending, since lockSQL locks only
+// for pending rows) and rows emitted then are numbered by it; after Linger
+// they end in a probe.
+func TestIdleSleepsEndInABatchWhileLingering(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name      string
+		linger    time.Duration
+		wantProbe bool
+	}{{"lingering", time.Hour, false}, {"after linger", time.Nanosecond, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			db := dbtest.New(t)
+			ctx := context.Background()
+			offers := make(offerChan, 16)
+			idle := make(chan bool, 64)
+			s := NewSequencer(db.Pool, SequencerConfig{Handoff: offers, Linger: tc.linger,
+				MinPollInterval: time.Millisecond, LingerPoll: 4 * time.Millisecond, PollInterval: 4 * time.Millisecond})
+			s.testHookIdle = func(probe bool) {
+				select {
+				case idle <- probe:
+				default:
+				}
+			}
+			if err := emitTx(ctx, db.Pool, producerPayload{0, 0}, 0, false); err != nil {
+				t.Fatal(err)
+			}
+			startAll(t, s)
+			if seq := recvWithin(t, offers); seq != 1 {
+				t.Fatalf("first batch ended at seq %d, want 1", seq)
+			}
+			for range 5 {
+				if probe := recvWithin(t, idle); probe != tc.wantProbe {
+					t.Fatalf("after an idle sleep: probe %t, want %t", probe, tc.wantProbe)
+				}
+			}
+			if err := emitTx(ctx, db.Pool, producerPayload{0, 1}, 0, false); err != nil {
+				t.Fatal(err)
+			}
+			if seq := recvWithin(t, offers); seq != 2 {
+				t.Fatalf("second batch ended at seq %d, want 2", seq)
+			}
+			assertGapFree(t, db, 2)
+		})
+	}
+}

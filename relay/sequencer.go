@@ -127,6 +127,9 @@ type Sequencer struct {
 
 	// testHookAfterBatch runs between the batch statement and COMMIT.
 	testHookAfterBatch func()
+	// testHookIdle runs after each idle sleep: probe tells whether the
+	// sequencer probes (true) or runs a batch (false) next.
+	testHookIdle func(probe bool)
 
 	wake chan struct{} // Wake: cut an idle sleep short
 
@@ -483,6 +486,9 @@ func (s *Sequencer) run(ctx context.Context) {
 			// it locks nothing (lockSQL) and costs about what the probe
 			// does, and finding rows it numbers them one round trip sooner.
 			// A quiet system probes: one statement, no transaction.
+			if s.testHookIdle != nil {
+				s.testHookIdle(!lingering)
+			}
 			if lingering {
 				break
 			}
