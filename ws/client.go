@@ -125,7 +125,7 @@ func (c *client) allowFrame() bool {
 		return true
 	}
 	if c.closeWith(ClosePolicy) {
-		c.hub.metrics.drop("message_rate")
+		c.dropped("message_rate")
 	}
 	return false
 }
@@ -306,6 +306,18 @@ func (c *client) onSent(frame []byte) {
 	case c.sent <- struct{}{}:
 	default:
 	}
+}
+
+// dropped counts a session the server closed on a reason of its own and
+// logs it at info: the client sees a close code (or, when its socket is
+// full, only a cut connection, 1006), the operator sees why.
+func (c *client) dropped(reason string) {
+	c.hub.metrics.drop(reason)
+	c.logDropped(reason)
+}
+
+func (c *client) logDropped(reason string) {
+	c.hub.cfg.Logger.Info("client dropped", "reason", reason, "user", c.userID, "remote", c.remote)
 }
 
 func (c *client) markDone() {
@@ -490,7 +502,7 @@ func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int
 	h.metrics.pagesTable.Add(1)
 	if page.PastRetention(cursor) {
 		if c.closeWith(ClosePastRetention) {
-			h.metrics.drop("past_retention")
+			c.dropped("past_retention")
 		}
 		return 0, buf, true, false, nil
 	}
@@ -737,7 +749,7 @@ func (c *client) tooFarBehind(cursor int64) bool {
 		return false
 	}
 	if c.closeWith(CloseTooFarBehind) {
-		c.hub.metrics.drop("too_far_behind")
+		c.dropped("too_far_behind")
 	}
 	return true
 }

@@ -525,7 +525,11 @@ func (h *Hub) onError(s *melody.Session, err error) {
 		h.metrics.sendError("queue_full")
 	case errors.Is(err, melody.ErrWriteClosed), errors.Is(err, melody.ErrSessionClosed):
 	case isTimeout(err):
+		// melody ends the session after a failed write.
 		h.metrics.sendError("write_timeout")
+		if c := sessionClient(s); c != nil {
+			c.logDropped("write_timeout")
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"reflect"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -349,7 +351,9 @@ func TestBacklogAfterRestart(t *testing.T) {
 //
 // Not parallel: the heap bound is measured process-wide.
 func TestSlowClientCutFastClientServed(t *testing.T) {
-	e := newEnv(t, envOpts{cfg: Config{ReplayMax: 1000, LagWindow: 500 * time.Millisecond}})
+	var logs lockedLog
+	e := newEnv(t, envOpts{cfg: Config{ReplayMax: 1000, LagWindow: 500 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))}})
 	fast := e.connect("", "fast")
 	slow, _, err := e.dial("token="+e.token("slow"), dialOpts{rcvBuf: 4096, noReader: true})
 	if err != nil {
@@ -384,6 +388,10 @@ func TestSlowClientCutFastClientServed(t *testing.T) {
 		return drops["too_far_behind"] == 1
 	})
 	waitFor(t, 10*time.Second, "the slow session to go", func() bool { return e.connections() == 1 })
+	// The operator is told why (the client may only see a cut connection).
+	if got := logs.String(); !strings.Contains(got, `msg="client dropped" reason=too_far_behind user=slow`) {
+		t.Fatalf("no drop logged for the slow client; log:\n%s", got)
+	}
 
 	// What the slow client had received is a gap-free prefix, ending with
 	// the 4008 close frame if it fit in the socket, or a cut connection.
@@ -789,4 +797,22 @@ func TestCatchUpWithinRecentFramesNeverReadsTable(t *testing.T) {
 	if table := m.pagesTable.Load(); table != 0 {
 		t.Fatalf("catch-up read the table %d times (memory %d) for events the hub held", table, m.pagesMemory.Load())
 	}
+}
+
+// lockedLog is a log destination safe for concurrent writers.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
