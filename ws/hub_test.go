@@ -13,13 +13,13 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 
 	"github.com/grupogad/outboxd/internal/dbtest"
+	"github.com/grupogad/outboxd/internal/proctest"
 	"github.com/grupogad/outboxd/outbox"
 )
 
@@ -351,7 +351,7 @@ func TestBacklogAfterRestart(t *testing.T) {
 //
 // Not parallel: the heap bound is measured process-wide.
 func TestSlowClientCutFastClientServed(t *testing.T) {
-	var logs lockedLog
+	var logs proctest.SyncBuffer
 	e := newEnv(t, envOpts{cfg: Config{ReplayMax: 1000, LagWindow: 500 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))}})
 	fast := e.connect("", "fast")
@@ -797,22 +797,4 @@ func TestCatchUpWithinRecentFramesNeverReadsTable(t *testing.T) {
 	if table := m.pagesTable.Load(); table != 0 {
 		t.Fatalf("catch-up read the table %d times (memory %d) for events the hub held", table, m.pagesMemory.Load())
 	}
-}
-
-// lockedLog is a log destination safe for concurrent writers.
-type lockedLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
