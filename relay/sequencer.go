@@ -69,6 +69,13 @@ type SequencerConfig struct {
 	// local fast path, a Tailer): it spares the local hub the NOTIFY → read
 	// round trip. Other replicas still read what the NOTIFY announces.
 	Handoff Handoff
+	// WakeWhenIdle (RELAY_WAKEUP=idle) keeps one connection and holds
+	// the advisory lock outbox.notify_pending_if_idle tries (migration
+	// 00009) from a batch that finds rows to the next that finds none, so
+	// that producers notify only while the sequencer sleeps idle. Its
+	// lingering polls then stop at LingerPoll, not an eighth of the gap
+	// (lingerCeiling): the wake-up, not the poll, picks up the next row.
+	WakeWhenIdle bool
 	// HandoffBytes bounds the payload bytes handed off per batch
 	// (TailBatchBytesDefault): the rest of a larger batch is read from the
 	// table by the tailer.
@@ -133,6 +140,12 @@ type Sequencer struct {
 	testHookIdle func(probe bool)
 
 	wake chan struct{} // Wake: cut an idle sleep short
+
+	// With WakeWhenIdle, the connection the sequencer keeps (nil until
+	// the first batch and after an error), and whether it holds
+	// idleWakeKey. Only the sequencing goroutine touches them.
+	own  *pgxpool.Conn
+	busy bool
 
 	failMu    sync.Mutex
 	failSince time.Time // start of the current run of failed batches
@@ -251,6 +264,23 @@ SELECT id, seq, topic,
   target_users, target_roles, traceparent, created_at, (SELECT count(*) FROM notified)
 FROM upd ORDER BY seq`
 
+// wakeLockSQL takes idleWakeKey for the session (WakeWhenIdle), but only
+// in a transaction that holds the sequencing lock (sequenceSQL's test): a
+// replica that finds the lock held elsewhere is not the one producers
+// should stop waking. A producer may hold the key for its transaction:
+// then the try fails and the sequencer works without it, and the
+// producers of that moment may notify (a wake-up that finds the sequencer
+// busy is dropped).
+const wakeLockSQL = `SELECT pg_try_advisory_lock(` + idleWakeKey + `)
+FROM outbox.relay_state WHERE xmax = xid(pg_current_xact_id_if_assigned())`
+
+// idleSQL lets go of idleWakeKey and then, in a later statement (a
+// snapshot taken after the producers can notify again), asks whether a
+// row is pending: one that committed before is seen here, one after is
+// announced by its trigger. (One whose INSERT ran before the unlock and
+// whose COMMIT lands after the probe is in neither: the next poll finds it.)
+var idleSQL = []string{`SELECT pg_advisory_unlock(` + idleWakeKey + `)`, pendingSQL}
+
 // Handoff receives the batches the local sequencer commits, in seq order,
 // on the sequencer's goroutine; neither method may block. Tailer is one.
 type Handoff interface {
@@ -283,7 +313,7 @@ func (s *Sequencer) SequenceOnce(ctx context.Context) (n int, err error) {
 			s.observeBatch(ctx, start, n)
 		}
 	}()
-	conn, err := s.pool.Acquire(ctx)
+	conn, err := s.acquire(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("relay: sequencer acquire: %w", err)
 	}
@@ -298,7 +328,7 @@ func (s *Sequencer) SequenceOnce(ctx context.Context) (n int, err error) {
 			}
 			cancel()
 		}
-		conn.Release()
+		s.release(conn, err)
 	}()
 	var handoff *[]Event
 	if s.cfg.Handoff != nil {
@@ -307,7 +337,10 @@ func (s *Sequencer) SequenceOnce(ctx context.Context) (n int, err error) {
 		// not send the local tailer to the table: the offer follows.
 		s.cfg.Handoff.Committing(true)
 	}
-	n, err = s.batch(ctx, conn.Conn(), handoff)
+	n, took, err := s.batch(ctx, conn.Conn(), handoff)
+	if took {
+		s.busy = true
+	}
 	if handoff == nil {
 		return n, err
 	}
@@ -320,10 +353,87 @@ func (s *Sequencer) SequenceOnce(ctx context.Context) (n int, err error) {
 	return n, nil
 }
 
+// acquire returns the connection for a batch: the pool's, or with
+// WakeWhenIdle the one the sequencer keeps.
+func (s *Sequencer) acquire(ctx context.Context) (*pgxpool.Conn, error) {
+	if !s.cfg.WakeWhenIdle {
+		return s.pool.Acquire(ctx)
+	}
+	if s.own == nil {
+		c, err := s.pool.Acquire(ctx)
+		if err != nil {
+			return nil, err
+		}
+		s.own, s.busy = c, false
+	}
+	return s.own, nil
+}
+
+// release gives conn back to the pool or, with WakeWhenIdle, keeps it
+// unless the batch failed: a failed batch may have taken idleWakeKey (a
+// session lock outlives a rollback), and one that found the sequencing
+// lock held elsewhere must not keep producers from waking that replica.
+// The connection is closed, and the key goes with it.
+func (s *Sequencer) release(conn *pgxpool.Conn, err error) {
+	switch {
+	case !s.cfg.WakeWhenIdle:
+		conn.Release()
+	case conn.Conn().IsClosed() || err != nil && (s.busy || !errors.Is(err, ErrLockHeld)):
+		s.dropOwn()
+	}
+}
+
+// dropOwn closes the connection WakeWhenIdle keeps, if any.
+func (s *Sequencer) dropOwn() {
+	if s.own == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.QueryTimeout)
+	_ = s.own.Conn().Close(ctx)
+	cancel()
+	s.own.Release() // closed: the pool discards it
+	s.own, s.busy = nil, false
+}
+
+// letGo, with WakeWhenIdle and idleWakeKey held, lets go of the key
+// (producers wake the sequencer from now on) and reports whether a row
+// is pending after that (idleSQL). A failure closes the connection, which
+// lets go of the key as well.
+func (s *Sequencer) letGo(ctx context.Context) (pending bool, err error) {
+	if !s.busy {
+		return false, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+	defer cancel()
+	b := &pgx.Batch{}
+	for _, q := range idleSQL {
+		b.Queue(q)
+	}
+	br := s.own.Conn().SendBatch(ctx, b)
+	var unlocked bool
+	if err = br.QueryRow().Scan(&unlocked); err == nil {
+		err = br.QueryRow().Scan(&pending)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && !unlocked {
+		err = errors.New("the wake-up lock was not held") // PostgreSQL logs a warning too
+	}
+	if err != nil {
+		s.dropOwn()
+		return false, fmt.Errorf("relay: sequencer going idle: %w", err)
+	}
+	s.busy = false
+	return pending, nil
+}
+
 // batch runs the pipeline and returns the batch's size; with handoff
 // non-nil it keeps there the rows to hand off (a prefix of the batch within
-// HandoffBytes).
-func (s *Sequencer) batch(ctx context.Context, conn *pgx.Conn, handoff *[]Event) (n int, err error) {
+// HandoffBytes). With WakeWhenIdle and idleWakeKey not yet held, a batch
+// that takes the sequencing lock also takes idleWakeKey (tookWake), before
+// COMMIT: a session lock outlives its transaction.
+func (s *Sequencer) batch(ctx context.Context, conn *pgx.Conn, handoff *[]Event) (n int, tookWake bool, err error) {
 	limit := s.cfg.HandoffBytes
 	if handoff == nil {
 		limit = -1 // no payload comes back
@@ -332,6 +442,10 @@ func (s *Sequencer) batch(ctx context.Context, conn *pgx.Conn, handoff *[]Event)
 	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
 	b.Queue(lockSQL)
 	b.Queue(sequenceSQL, s.cfg.BatchSize, limit)
+	tryWake := s.cfg.WakeWhenIdle && !s.busy
+	if tryWake {
+		b.Queue(wakeLockSQL)
+	}
 	if s.testHookAfterBatch == nil {
 		b.Queue("COMMIT")
 	}
@@ -342,17 +456,17 @@ func (s *Sequencer) batch(ctx context.Context, conn *pgx.Conn, handoff *[]Event)
 		}
 	}()
 	if _, err := br.Exec(); err != nil {
-		return 0, fmt.Errorf("relay: sequencer begin: %w", err)
+		return 0, false, fmt.Errorf("relay: sequencer begin: %w", err)
 	}
 	var pending bool
 	var last *int64
 	if err := br.QueryRow().Scan(&pending, &last); err != nil {
-		return 0, fmt.Errorf("relay: sequencer lock: %w", err)
+		return 0, false, fmt.Errorf("relay: sequencer lock: %w", err)
 	}
 	locked := last != nil
 	rows, err := br.Query()
 	if err != nil {
-		return 0, fmt.Errorf("relay: sequence batch: %w", err)
+		return 0, false, fmt.Errorf("relay: sequence batch: %w", err)
 	}
 	kept, bytes := handoff != nil, 0
 	for rows.Next() {
@@ -365,7 +479,7 @@ func (s *Sequencer) batch(ctx context.Context, conn *pgx.Conn, handoff *[]Event)
 		var notified int64
 		if err := rows.Scan(&e.ID, &e.Seq, &e.Topic, &payload, &e.Users, &e.Roles, &e.Traceparent, &e.CreatedAt, &notified); err != nil {
 			rows.Close()
-			return 0, fmt.Errorf("relay: sequence batch: %w", err)
+			return 0, false, fmt.Errorf("relay: sequence batch: %w", err)
 		}
 		// Hold the bytes received to the budget too.
 		if bytes += len(payload); payload == nil || bytes > s.cfg.HandoffBytes {
@@ -377,34 +491,40 @@ func (s *Sequencer) batch(ctx context.Context, conn *pgx.Conn, handoff *[]Event)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("relay: sequence batch: %w", err)
+		return 0, false, fmt.Errorf("relay: sequence batch: %w", err)
+	}
+	if tryWake {
+		// A row (the lock's outcome) only if this transaction sequences.
+		if err := br.QueryRow().Scan(&tookWake); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return 0, false, fmt.Errorf("relay: sequencer wake lock: %w", err)
+		}
 	}
 	switch {
 	case !locked && n > 0:
 		// Cannot happen (sequenceSQL's guard); never commit it if it does.
-		return 0, fmt.Errorf("relay: sequence batch numbered %d rows without the lock", n)
+		return 0, false, fmt.Errorf("relay: sequence batch numbered %d rows without the lock", n)
 	case s.testHookAfterBatch != nil:
 		if locked && n > 0 {
 			s.testHookAfterBatch()
 		}
 		if err := br.Close(); err != nil {
-			return 0, fmt.Errorf("relay: sequence batch: %w", err)
+			return 0, false, fmt.Errorf("relay: sequence batch: %w", err)
 		}
 		if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
-			return 0, fmt.Errorf("relay: sequencer commit: %w", err)
+			return 0, false, fmt.Errorf("relay: sequencer commit: %w", err)
 		}
 		if conn.PgConn().TxStatus() != 'I' {
-			return 0, errors.New("relay: sequencer commit: transaction still open")
+			return 0, false, errors.New("relay: sequencer commit: transaction still open")
 		}
 	default:
 		if _, err := br.Exec(); err != nil {
-			return 0, fmt.Errorf("relay: sequencer commit: %w", err)
+			return 0, false, fmt.Errorf("relay: sequencer commit: %w", err)
 		}
 	}
 	if !locked && pending {
-		return 0, ErrLockHeld
+		return 0, false, ErrLockHeld
 	}
-	return n, nil
+	return n, tookWake, nil
 }
 
 // observeBatch records a committed batch. The span is created after the
@@ -425,6 +545,7 @@ const pendingSQL = `SELECT EXISTS (SELECT 1 FROM outbox.events WHERE seq IS NULL
 func (s *Sequencer) Start(ctx context.Context) error { return s.StartFunc(ctx, s.run) }
 
 func (s *Sequencer) run(ctx context.Context) {
+	defer s.dropOwn()
 	var bo backoff.Backoff
 	idle := s.cfg.MinPollInterval
 	var lastRows time.Time
@@ -469,10 +590,17 @@ func (s *Sequencer) run(ctx context.Context) {
 		}
 		// Idle: sleep longer each time until something is pending or a
 		// producer's trigger wakes us. A wake from before this batch is
-		// stale: drop it, this batch saw its rows.
+		// stale: drop it, this batch saw its rows. (WakeWhenIdle: before
+		// letting go of the key, from when on wakes are fresh.)
 		select {
 		case <-s.wake:
 		default:
+		}
+		if pending, err := s.letGo(ctx); err != nil {
+			s.cfg.Logger.Warn("sequencer could not go idle; retrying", "err", err)
+			continue
+		} else if pending {
+			continue
 		}
 		for {
 			woken, ok := s.sleepIdle(ctx, idle)
@@ -526,10 +654,11 @@ func (c *SequencerConfig) pauseAfter(d time.Duration) time.Duration {
 // 100 events/s to 1,000 clients, half of it at 50 events/s to 10 (the
 // pickup wait). The price is more empty batches (each a read, lockSQL):
 // at most about eight per batch that finds rows, ~5 % of a core at 50
-// events/s. An app a few events a second keeps LingerPoll. Measured:
-// BENCHMARKS.md, "Session 9".
+// events/s. An app a few events a second keeps LingerPoll, and so does a
+// sequencer that producers wake (WakeWhenIdle). Measured: BENCHMARKS.md,
+// "Session 9".
 func (c *SequencerConfig) lingerCeiling(gap time.Duration) time.Duration {
-	if gap <= 0 {
+	if gap <= 0 || c.WakeWhenIdle {
 		return c.LingerPoll
 	}
 	return min(max(gap/8, c.MinPollInterval), c.LingerPoll)

@@ -48,6 +48,7 @@ func TestLingerCeilingFollowsTheGap(t *testing.T) {
 		{"a few a second: LingerPoll", SequencerConfig{}, 200 * ms, 10 * ms},
 		{"a higher floor", SequencerConfig{MinPollInterval: 4 * ms}, 10 * ms, 4 * ms},
 		{"a shorter LingerPoll", SequencerConfig{LingerPoll: 3 * ms}, 40 * ms, 3 * ms},
+		{"woken by producers: LingerPoll", SequencerConfig{WakeWhenIdle: true}, 10 * ms, 10 * ms},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

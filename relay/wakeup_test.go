@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/grupogad/outboxd/internal/dbtest"
 	"github.com/grupogad/outboxd/outbox"
 )
@@ -17,19 +19,23 @@ func TestSetWakeup(t *testing.T) {
 	for _, step := range []struct {
 		mode        string
 		wantChanged bool
-		wantTrigger bool
 	}{
-		{WakeupPoll, false, false}, // the default state: nothing to do
-		{WakeupNotify, true, true},
-		{WakeupNotify, false, true}, // idempotent: no DDL
-		{WakeupPoll, true, false},
+		{WakeupPoll, false}, // the default state: nothing to do
+		{WakeupNotify, true},
+		{WakeupNotify, false}, // idempotent: no DDL
+		{WakeupIdle, true},    // notify's trigger dropped, idle's created
+		{WakeupIdle, false},
+		{WakeupNotify, true},
+		{WakeupPoll, true},
 	} {
 		changed, err := SetWakeup(ctx, db.Pool, step.mode)
 		if err != nil || changed != step.wantChanged {
 			t.Fatalf("%s: changed %v err %v; want changed %v", step.mode, changed, err, step.wantChanged)
 		}
-		if exists, err := wakeupTriggerExists(ctx, db.Pool); err != nil || exists != step.wantTrigger {
-			t.Fatalf("%s: trigger %v (%v), want %v", step.mode, exists, err, step.wantTrigger)
+		for mode, tr := range wakeupTriggers {
+			if exists, err := wakeupTriggerExists(ctx, db.Pool, tr.name); err != nil || exists != (mode == step.mode) {
+				t.Fatalf("after %s: trigger %s exists %v (%v)", step.mode, tr.name, exists, err)
+			}
 		}
 	}
 	if _, err := SetWakeup(ctx, db.Pool, "push"); err == nil || !strings.Contains(err.Error(), `"push"`) {
@@ -43,7 +49,7 @@ func TestSetWakeup(t *testing.T) {
 // pass by polling).
 func TestWakeupNotifySequencesAtOnce(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []string{WakeupNotify, WakeupPoll} {
+	for _, mode := range []string{WakeupNotify, WakeupIdle, WakeupPoll} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
 			db := dbtest.New(t)
@@ -51,7 +57,7 @@ func TestWakeupNotifySequencesAtOnce(t *testing.T) {
 			if _, err := SetWakeup(ctx, db.Pool, mode); err != nil {
 				t.Fatal(err)
 			}
-			seq := NewSequencer(db.Pool, SequencerConfig{MinPollInterval: time.Minute, PollInterval: time.Minute})
+			seq := NewSequencer(db.Pool, SequencerConfig{MinPollInterval: time.Minute, PollInterval: time.Minute, WakeWhenIdle: mode == WakeupIdle})
 			col := newCollector()
 			zero := int64(0)
 			tail := NewTailer(db.Pool, col, TailerConfig{StartAfter: &zero, OnPending: seq.Wake})
@@ -120,4 +126,149 @@ func TestLingerKeepsPollingShortWhileActive(t *testing.T) {
 	if wait > 500*time.Millisecond {
 		t.Fatalf("second event waited %s for the sequencer, want the linger poll (10 ms)", wait)
 	}
+}
+
+// With WakeWhenIdle producers notify only while the sequencer does not
+// hold the wake-up key, and once for the statements of one moment. Each
+// check counts the trigger's notifications (empty payload) before a
+// marker sent afterwards: notifications arrive in commit order.
+func TestWakeWhenIdleNotifiesOnlyWhileIdle(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	ctx := context.Background()
+	if _, err := SetWakeup(ctx, db.Pool, WakeupIdle); err != nil {
+		t.Fatal(err)
+	}
+	lc, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lc.Close(context.Background()) })
+	if _, err := lc.Exec(ctx, "LISTEN "+PendingChannel); err != nil {
+		t.Fatal(err)
+	}
+	notified := func(t *testing.T) int {
+		t.Helper()
+		if _, err := db.Pool.Exec(ctx, `SELECT pg_notify($1, 'marker')`, PendingChannel); err != nil {
+			t.Fatal(err)
+		}
+		for n := 0; ; n++ {
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			nt, err := lc.WaitForNotification(wctx)
+			cancel()
+			if err != nil {
+				t.Fatalf("waiting for the marker: %v", err)
+			}
+			if nt.Payload == "marker" {
+				return n
+			}
+		}
+	}
+	emit := func(t *testing.T, n int) {
+		t.Helper()
+		if err := emitTx(ctx, db.Pool, producerPayload{0, n}, 0, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seq := NewSequencer(db.Pool, SequencerConfig{WakeWhenIdle: true})
+	t.Cleanup(seq.dropOwn)
+	sequence := func(t *testing.T, want int) {
+		t.Helper()
+		if n, err := seq.SequenceOnce(ctx); err != nil || n != want {
+			t.Fatalf("batch: %d rows, %v; want %d", n, err, want)
+		}
+	}
+	// Idle (no batch yet): two producers in flight at once notify once.
+	var txs []pgx.Tx
+	for n := range 2 {
+		tx, err := db.Pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+		if _, err := outbox.Emit(ctx, tx, outbox.Event{Topic: "task_event", Data: producerPayload{1, n}, Broadcast: true}); err != nil {
+			t.Fatal(err)
+		}
+		txs = append(txs, tx)
+	}
+	for _, tx := range txs {
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := notified(t); n != 1 {
+		t.Fatalf("idle, two producers: %d notifications, want 1", n)
+	}
+
+	// Busy: a batch that numbers rows takes the key, and producers are
+	// quiet; a second batch does not take it twice.
+	sequence(t, 2)
+	if !seq.busy {
+		t.Fatal("a batch that numbered rows does not hold the key")
+	}
+	emit(t, 2)
+	emit(t, 3)
+	if n := notified(t); n != 0 {
+		t.Fatalf("busy: %d notifications, want 0", n)
+	}
+	sequence(t, 2)
+	// An empty batch keeps the key; going idle lets go of it (once: the
+	// lock is not stacked, and a second letGo has nothing to do).
+	sequence(t, 0)
+	for range 2 {
+		if pending, err := seq.letGo(ctx); err != nil || pending || seq.busy {
+			t.Fatalf("going idle: pending %v, err %v, busy %v", pending, err, seq.busy)
+		}
+	}
+	emit(t, 4)
+	if n := notified(t); n != 1 {
+		t.Fatalf("idle again: %d notifications, want 1", n)
+	}
+
+	// A producer holding the key for its transaction: the batch cannot
+	// take it and works without it; that producer notifies at commit.
+	held, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Rollback(ctx) //nolint:errcheck // no-op after commit
+	if _, err := outbox.Emit(ctx, held, outbox.Event{Topic: "task_event", Data: producerPayload{2, 0}, Broadcast: true}); err != nil {
+		t.Fatal(err)
+	}
+	sequence(t, 1) // row 4
+	if seq.busy {
+		t.Fatal("the batch took a key a producer holds")
+	}
+	if err := held.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := notified(t); n != 1 {
+		t.Fatalf("the producer that held the key: %d notifications, want 1", n)
+	}
+
+	// Losing the connection while busy lets go of the key; the next
+	// batch fails, and the one after it works on a new connection.
+	sequence(t, 1)
+	if !seq.busy {
+		t.Fatal("not busy after numbering a row")
+	}
+	pid := seq.own.Conn().PgConn().PID()
+	if _, err := db.Pool.Exec(ctx, `SELECT pg_terminate_backend($1)`, pid); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "the sequencer's backend gone", func() bool {
+		return db.Int64(t, `SELECT count(*) FROM pg_stat_activity WHERE pid = $1`, pid) == 0
+	})
+	emit(t, 5)
+	if n := notified(t); n != 1 {
+		t.Fatalf("after the sequencer's connection died: %d notifications, want 1", n)
+	}
+	if _, err := seq.SequenceOnce(ctx); err == nil {
+		t.Fatal("a batch on a dead connection succeeded")
+	}
+	if seq.own != nil || seq.busy {
+		t.Fatal("the dead connection is still kept")
+	}
+	sequence(t, 1)
+	assertGapFree(t, db, 7)
 }

@@ -103,8 +103,9 @@ type Config struct {
 	// RelayMinPollInterval is the sequencer's pause after a batch that was
 	// not full, while events flow: rows gather for the next batch.
 	RelayMinPollInterval time.Duration `env:"RELAY_MIN_POLL_INTERVAL" envDefault:"2ms"`
-	// RelayWakeup is how an idle sequencer learns of new rows: poll, or
-	// notify (a producer trigger; for low-rate apps).
+	// RelayWakeup is how an idle sequencer learns of new rows: poll,
+	// idle (a producer trigger that notifies only while the sequencer
+	// sleeps idle) or notify (a producer trigger, every statement).
 	RelayWakeup string `env:"RELAY_WAKEUP" envDefault:"poll"`
 	// RelayHandoff: the local sequencer hands each committed batch to this
 	// replica's hub directly instead of through NOTIFY and a read.
@@ -323,8 +324,8 @@ func (c *Config) validate() []string {
 	if c.RelayMinPollInterval < 100*time.Microsecond || c.RelayMinPollInterval > c.RelayPollInterval {
 		p = append(p, fmt.Sprintf("RELAY_MIN_POLL_INTERVAL: %s; want 100µs to RELAY_POLL_INTERVAL (%s)", c.RelayMinPollInterval, c.RelayPollInterval))
 	}
-	if c.RelayWakeup != relay.WakeupPoll && c.RelayWakeup != relay.WakeupNotify {
-		p = append(p, fmt.Sprintf("RELAY_WAKEUP: %q; want poll or notify", c.RelayWakeup))
+	if c.RelayWakeup != relay.WakeupPoll && c.RelayWakeup != relay.WakeupIdle && c.RelayWakeup != relay.WakeupNotify {
+		p = append(p, fmt.Sprintf("RELAY_WAKEUP: %q; want poll, idle or notify", c.RelayWakeup))
 	}
 	if _, err := ws.ParseTrustedProxies(c.TrustedProxies); err != nil {
 		p = append(p, "TRUSTED_PROXIES: "+err.Error())

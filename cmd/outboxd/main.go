@@ -305,7 +305,7 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		Logger: logger, OnPending: func() { seq.Wake() }})
 	seqCfg := relay.SequencerConfig{
 		BatchSize: cfg.RelayBatchSize, PollInterval: cfg.RelayPollInterval, MinPollInterval: cfg.RelayMinPollInterval,
-		Logger: logger, HandoffBytes: cfg.RelayBatchBytes,
+		Logger: logger, HandoffBytes: cfg.RelayBatchBytes, WakeWhenIdle: cfg.RelayWakeup == relay.WakeupIdle,
 	}
 	if cfg.RelayHandoff {
 		seqCfg.Handoff = tail
