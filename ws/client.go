@@ -103,9 +103,16 @@ type client struct {
 	// pending are event frames Dispatch routed to a batch session and has
 	// not written yet (their queue places are reserved, cursor covers
 	// them); flushPending writes them as one frame, before anything else
-	// is written for the session and at the end of every Dispatch.
+	// is written for the session and at the end of every Dispatch —
+	// unless melody still has a frame of the session's to write: then they
+	// wait (deferred) and the write of the last such frame flushes them
+	// (onSent), so that a session that falls behind gets the events of
+	// several batches in one frame, one write, instead of a write each.
 	pending      [][]byte
 	pendingBytes int // their bytes, with a separator each
+	// deferred says pending may be waiting for onSent; set under mu, read
+	// by onSent without it (see flushOrDefer for why none is missed).
+	deferred atomic.Bool
 
 	// inflight counts frames queued in melody and not yet written, so that a
 	// write never meets a full melody queue (which would drop the frame).
@@ -232,6 +239,35 @@ func (c *client) flushPending(merge *frameMerger) {
 	}
 }
 
+// flushOrDefer ends a Dispatch for a batch session (c.mu held): its
+// pending frames are written now if melody has nothing else of the
+// session's to write, else left for onSent. inflight counts the pending
+// frame's place too, hence ≤ 1. deferred is set before inflight is read
+// and onSent reads deferred after lowering inflight, so one of the two
+// sees the other: either this flushes, or that onSent takes mu after this
+// and flushes.
+func (c *client) flushOrDefer(merge *frameMerger) {
+	c.deferred.Store(true)
+	if c.inflight.Load() <= 1 {
+		c.deferred.Store(false)
+		c.flushPending(merge)
+	}
+}
+
+// flushDeferred is onSent's part: it writes the pending frames once the
+// frame just written was the last one melody had of the session's.
+func (c *client) flushDeferred() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case len(c.pending) == 0:
+		c.deferred.Store(false) // flushed meanwhile
+	case c.inflight.Load() <= 1:
+		c.deferred.Store(false)
+		c.flushPending(nil)
+	}
+}
+
 // frameMerger joins the pending frames of batch sessions, once per distinct
 // list of frames within one Dispatch: the sessions of a broadcast share
 // one joined frame. Dispatch's goroutine only (or a caller's own).
@@ -299,6 +335,9 @@ func sameFrames(a, b [][]byte) bool {
 func (c *client) onSent(frame []byte) {
 	c.hub.observeSent(frame)
 	c.unreserve(len(frame))
+	if c.deferred.Load() {
+		c.flushDeferred()
+	}
 	if c.closing.Load() {
 		c.closeIfDrained()
 	}

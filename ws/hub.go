@@ -289,10 +289,11 @@ func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
 		endProcessSpan(span, recipients)
 		h.dispatched = e.Seq
 	}
-	// Batch sessions get what this batch held for them in one frame each.
+	// Batch sessions get what this batch held for them in one frame each,
+	// now or, behind a frame melody has yet to write, with it (onSent).
 	for _, c := range h.held {
 		c.mu.Lock()
-		c.flushPending(&h.merge)
+		c.flushOrDefer(&h.merge)
 		c.mu.Unlock()
 	}
 	h.merge.reset()
