@@ -13,7 +13,7 @@ GRANT SELECT, DELETE ON outbox.events TO outboxd_sidecar;
 GRANT UPDATE (seq, delivered_at) ON outbox.events TO outboxd_sidecar;
 GRANT SELECT, UPDATE (last_seq, epoch) ON outbox.relay_state TO outboxd_sidecar;
 GRANT EXECUTE ON FUNCTION outbox.head(), outbox.epoch() TO outboxd_sidecar;
--- Only for RELAY_WAKEUP=notify (outboxd creates the producer trigger):
+-- Only for RELAY_WAKEUP=idle or notify (outboxd creates the producer trigger):
 -- GRANT TRIGGER ON outbox.events TO outboxd_sidecar;
 
 -- The producers: EXECUTE on the producer functions, nothing on the tables.

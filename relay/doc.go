@@ -48,6 +48,19 @@
 // (as cheap as a probe when it finds nothing), then up to PollInterval,
 // each ending in a probe of the pending rows' index.
 //
+// Two opt-in triggers wake an idle sequencer at once (RELAY_WAKEUP). In
+// notify mode every INSERT statement notifies outbox_pending. In idle
+// mode (migration 00009) the sequencer holds a session-level advisory
+// lock on a connection it keeps, from the batch that finds rows to the
+// next that finds none; the trigger tries that lock for its transaction
+// and notifies only when it gets it. While events flow a producer pays a
+// failed lock try; once the sequencer lets go of the lock (and then probes
+// once more, so that a row committed before is not left to the trigger),
+// the first statement notifies and holds the lock to its commit, so the
+// producers of that moment notify once between them. A row whose INSERT
+// ran before the lock was let go and whose COMMIT came after that probe is
+// in neither: the next poll (LingerPoll while lingering) finds it.
+//
 // Tailers (one per replica) LISTEN on outbox_seq on a dedicated connection
 // and poll every FallbackPoll as well, so a lost notification or a pooler
 // that cannot LISTEN costs latency, never events.
