@@ -32,6 +32,8 @@ const (
 	// 00009: an advisory lock the sequencer holds while it is busy). While
 	// events flow a producer's statement pays a failed lock try; the
 	// sequencer polls as in poll mode and, once idle, is woken at once.
+	// While no sequencer runs, nobody holds the key: every producer
+	// transaction then notifies, as in notify mode.
 	WakeupIdle = "idle"
 )
 

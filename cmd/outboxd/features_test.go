@@ -65,3 +65,46 @@ func TestDisconnectOnEveryReplica(t *testing.T) {
 		}
 	}
 }
+
+// RELAY_WAKEUP=idle end to end: outboxd creates the idle trigger (and no
+// other) at start, its sequencer holds the wake-up key while rows keep
+// coming (producers then do not notify), and every row reaches a client in
+// order. Under RELAY_WAKEUP=poll the key is never taken, so the wait below
+// cannot pass by chance.
+func TestRelayWakeupIdle(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	p := startOutboxd(t, db, "RELAY_WAKEUP=idle")
+	conn, _ := dialAs(t, p, "op1", "LEVEL_1")
+	if m := readFrame(t, conn); m["type"] != "welcome" {
+		t.Fatalf("first frame %v", m)
+	}
+	if n := db.Int64(t, `SELECT count(*) FROM pg_trigger WHERE tgrelid = 'outbox.events'::regclass AND tgname LIKE 'events_notify_pending%'`); n != 1 {
+		t.Fatalf("%d wake-up triggers, want 1", n)
+	}
+	if n := db.Int64(t, `SELECT count(*) FROM pg_trigger WHERE tgname = 'events_notify_pending_if_idle'`); n != 1 {
+		t.Fatal("the idle trigger is missing")
+	}
+	held := func() bool {
+		return db.Int64(t, `SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+			WHERE l.locktype = 'advisory' AND l.classid = 1869968482 AND l.objid = 2003919717 AND l.granted
+			AND a.application_name LIKE 'outboxd%'`) == 1
+	}
+	ctx := context.Background()
+	sent := 0
+	deadline := time.Now().Add(20 * time.Second)
+	for !held() {
+		if time.Now().After(deadline) || sent >= 20000 {
+			t.Fatalf("the sequencer never held the wake-up key while %d rows came", sent)
+		}
+		sent++
+		if _, err := outbox.Emit(ctx, db.Pool, outbox.Event{Topic: "task_event", Data: map[string]int{"n": sent}, Broadcast: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for want := 1; want <= sent; want++ {
+		if m := readFrame(t, conn); m["seq"] != float64(want) {
+			t.Fatalf("frame %v, want seq %d", m, want)
+		}
+	}
+}
