@@ -179,18 +179,20 @@ func TestWakeWhenIdleNotifiesOnlyWhileIdle(t *testing.T) {
 		}
 	}
 	// Idle (no batch yet): two producers in flight at once notify once.
-	var txs []pgx.Tx
-	for n := range 2 {
+	// inFlight begins a producer transaction and emits one row in it.
+	inFlight := func(t *testing.T, p producerPayload) pgx.Tx {
+		t.Helper()
 		tx, err := db.Pool.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-		if _, err := outbox.Emit(ctx, tx, outbox.Event{Topic: "task_event", Data: producerPayload{1, n}, Broadcast: true}); err != nil {
+		t.Cleanup(func() { _ = tx.Rollback(context.Background()) }) // no-op after commit
+		if _, err := outbox.Emit(ctx, tx, outbox.Event{Topic: "task_event", Data: p, Broadcast: true}); err != nil {
 			t.Fatal(err)
 		}
-		txs = append(txs, tx)
+		return tx
 	}
+	txs := []pgx.Tx{inFlight(t, producerPayload{1, 0}), inFlight(t, producerPayload{1, 1})}
 	for _, tx := range txs {
 		if err := tx.Commit(ctx); err != nil {
 			t.Fatal(err)
@@ -227,14 +229,7 @@ func TestWakeWhenIdleNotifiesOnlyWhileIdle(t *testing.T) {
 
 	// A producer holding the key for its transaction: the batch cannot
 	// take it and works without it; that producer notifies at commit.
-	held, err := db.Pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Rollback(ctx) //nolint:errcheck // no-op after commit
-	if _, err := outbox.Emit(ctx, held, outbox.Event{Topic: "task_event", Data: producerPayload{2, 0}, Broadcast: true}); err != nil {
-		t.Fatal(err)
-	}
+	held := inFlight(t, producerPayload{2, 0})
 	sequence(t, 1) // row 4
 	if seq.busy {
 		t.Fatal("the batch took a key a producer holds")
