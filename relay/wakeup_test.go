@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -266,4 +267,48 @@ func TestWakeWhenIdleNotifiesOnlyWhileIdle(t *testing.T) {
 	}
 	sequence(t, 1)
 	assertGapFree(t, db, 7)
+}
+
+// A replica whose batch finds the sequencing lock held elsewhere does not
+// take the wake-up key (wakeLockSQL's guard): producers keep waking the
+// replica that sequences. It keeps its connection, holding nothing, and
+// takes the key once it sequences itself.
+func TestWakeWhenIdleStandbyTakesNoKey(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	ctx := context.Background()
+	// pg_locks is the cluster's: this test's database only (parallel
+	// tests hold the same key in theirs).
+	keyHolders := func() int64 {
+		return db.Int64(t, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1869968482 AND objid = 2003919717
+			AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)
+	}
+	holder, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = holder.Rollback(context.Background()) })
+	if err := emitTx(ctx, db.Pool, producerPayload{0, 0}, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := holder.Exec(ctx, lockSQL); err != nil { // a row is pending: this takes the lock
+		t.Fatal(err)
+	}
+	seq := NewSequencer(db.Pool, SequencerConfig{WakeWhenIdle: true, QueryTimeout: 3 * time.Second})
+	t.Cleanup(seq.dropOwn)
+	if n, err := seq.SequenceOnce(ctx); !errors.Is(err, ErrLockHeld) || n != 0 {
+		t.Fatalf("with the lock held elsewhere: %d, %v; want ErrLockHeld", n, err)
+	}
+	if seq.busy || seq.own == nil || keyHolders() != 0 {
+		t.Fatalf("standby: busy %v, connection kept %v, key holders %d; want false, true, 0", seq.busy, seq.own != nil, keyHolders())
+	}
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := seq.SequenceOnce(ctx); err != nil || n != 1 {
+		t.Fatalf("once the lock is free: %d, %v; want 1 row", n, err)
+	}
+	if !seq.busy || keyHolders() != 1 {
+		t.Fatalf("sequencing: busy %v, key holders %d; want true, 1", seq.busy, keyHolders())
+	}
 }

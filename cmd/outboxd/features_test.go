@@ -88,7 +88,7 @@ func TestRelayWakeupIdle(t *testing.T) {
 	held := func() bool {
 		return db.Int64(t, `SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
 			WHERE l.locktype = 'advisory' AND l.classid = 1869968482 AND l.objid = 2003919717 AND l.granted
-			AND a.application_name LIKE 'outboxd%'`) == 1
+			AND a.application_name LIKE 'outboxd%' AND a.datname = current_database()`) == 1
 	}
 	ctx := context.Background()
 	sent := 0
