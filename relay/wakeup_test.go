@@ -165,6 +165,12 @@ func TestWakeWhenIdleNotifiesOnlyWhileIdle(t *testing.T) {
 			}
 		}
 	}
+	wantNotified := func(t *testing.T, want int, when string) {
+		t.Helper()
+		if n := notified(t); n != want {
+			t.Fatalf("%s: %d notifications, want %d", when, n, want)
+		}
+	}
 	emit := func(t *testing.T, n int) {
 		t.Helper()
 		if err := emitTx(ctx, db.Pool, producerPayload{0, n}, 0, false); err != nil {
@@ -193,15 +199,17 @@ func TestWakeWhenIdleNotifiesOnlyWhileIdle(t *testing.T) {
 		}
 		return tx
 	}
-	txs := []pgx.Tx{inFlight(t, producerPayload{1, 0}), inFlight(t, producerPayload{1, 1})}
-	for _, tx := range txs {
-		if err := tx.Commit(ctx); err != nil {
-			t.Fatal(err)
+	commit := func(t *testing.T, txs ...pgx.Tx) {
+		t.Helper()
+		for _, tx := range txs {
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
-	if n := notified(t); n != 1 {
-		t.Fatalf("idle, two producers: %d notifications, want 1", n)
-	}
+	txs := []pgx.Tx{inFlight(t, producerPayload{1, 0}), inFlight(t, producerPayload{1, 1})}
+	commit(t, txs...)
+	wantNotified(t, 1, "idle, two producers")
 
 	// Busy: a batch that numbers rows takes the key, and producers are
 	// quiet; a second batch does not take it twice.
@@ -211,9 +219,7 @@ func TestWakeWhenIdleNotifiesOnlyWhileIdle(t *testing.T) {
 	}
 	emit(t, 2)
 	emit(t, 3)
-	if n := notified(t); n != 0 {
-		t.Fatalf("busy: %d notifications, want 0", n)
-	}
+	wantNotified(t, 0, "busy")
 	sequence(t, 2)
 	// An empty batch keeps the key; going idle lets go of it (once: the
 	// lock is not stacked, and a second letGo has nothing to do).
@@ -224,9 +230,7 @@ func TestWakeWhenIdleNotifiesOnlyWhileIdle(t *testing.T) {
 		}
 	}
 	emit(t, 4)
-	if n := notified(t); n != 1 {
-		t.Fatalf("idle again: %d notifications, want 1", n)
-	}
+	wantNotified(t, 1, "idle again")
 
 	// A producer holding the key for its transaction: the batch cannot
 	// take it and works without it; that producer notifies at commit.
@@ -235,12 +239,8 @@ func TestWakeWhenIdleNotifiesOnlyWhileIdle(t *testing.T) {
 	if seq.busy {
 		t.Fatal("the batch took a key a producer holds")
 	}
-	if err := held.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if n := notified(t); n != 1 {
-		t.Fatalf("the producer that held the key: %d notifications, want 1", n)
-	}
+	commit(t, held)
+	wantNotified(t, 1, "the producer that held the key")
 
 	// Losing the connection while busy lets go of the key; the next
 	// batch fails, and the one after it works on a new connection.
@@ -256,9 +256,7 @@ func TestWakeWhenIdleNotifiesOnlyWhileIdle(t *testing.T) {
 		return db.Int64(t, `SELECT count(*) FROM pg_stat_activity WHERE pid = $1`, pid) == 0
 	})
 	emit(t, 5)
-	if n := notified(t); n != 1 {
-		t.Fatalf("after the sequencer's connection died: %d notifications, want 1", n)
-	}
+	wantNotified(t, 1, "after the sequencer's connection died")
 	if _, err := seq.SequenceOnce(ctx); err == nil {
 		t.Fatal("a batch on a dead connection succeeded")
 	}
