@@ -129,9 +129,13 @@ func New(auth *Authenticator, store Store, cfg Config) *Hub {
 	return h
 }
 
+// sessionClient returns s's client. It reads s.Keys without melody's
+// session lock (Session.Get takes it, once per message sent): the map is
+// given to melody whole when the session is created
+// (HandleRequestWithKeys), before any of the session's handlers run, and
+// nothing writes it afterwards (nothing calls Session.Set or UnSet).
 func sessionClient(s *melody.Session) *client {
-	v, _ := s.Get(clientKey)
-	c, _ := v.(*client)
+	c, _ := s.Keys[clientKey].(*client)
 	return c
 }
 
