@@ -131,9 +131,7 @@ func (c *client) allowFrame() bool {
 	if c.msgLimiter == nil || c.msgLimiter.Allow() {
 		return true
 	}
-	if c.closeWith(ClosePolicy) {
-		c.dropped("message_rate")
-	}
+	c.closeWith(ClosePolicy, func() { c.dropped("message_rate") })
 	return false
 }
 
@@ -384,11 +382,15 @@ func (c *client) closed() bool {
 // data queued before it; a client whose socket stays full sees the
 // connection cut (1006) and reconnects with since just the same.
 //
-// It reports whether this call started the close (false if one was already
-// under way), so that a reason is counted once per session.
-func (c *client) closeWith(ce CloseError) (started bool) {
+// counted, if not nil, is run by the call that starts the close (none if
+// one is already under way), so that a reason is counted once per session,
+// and before the close frame goes out, so that a client that has seen the
+// close finds it counted (in /ws/stats, the metrics, the log).
+func (c *client) closeWith(ce CloseError, counted func()) {
 	c.closeOnce.Do(func() {
-		started = true
+		if counted != nil {
+			counted()
+		}
 		conn := c.sess.WebsocketConnection()
 		go func() {
 			_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(ce.Code, ce.Reason),
@@ -396,7 +398,6 @@ func (c *client) closeWith(ce CloseError) (started bool) {
 			_ = conn.Close()
 		}()
 	})
-	return started
 }
 
 // closeWriteWait bounds the wait to hand a close frame to the socket.
@@ -540,9 +541,7 @@ func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int
 	}
 	h.metrics.pagesTable.Add(1)
 	if page.PastRetention(cursor) {
-		if c.closeWith(ClosePastRetention) {
-			c.dropped("past_retention")
-		}
+		c.closeWith(ClosePastRetention, func() { c.dropped("past_retention") })
 		return 0, buf, true, false, nil
 	}
 	w := runWriter{c: c, ctx: ctx, wait: wait, gen: gen}
@@ -705,8 +704,8 @@ func (c *client) closeIfDrained() {
 	ready := c.closeAt != 0 && c.cursor >= c.closeAt-1 && c.inflight.Load() == 0
 	ce := c.closeAs
 	c.mu.Unlock()
-	if ready && c.closeWith(ce) {
-		c.hub.metrics.drop("disconnected")
+	if ready {
+		c.closeWith(ce, func() { c.hub.metrics.drop("disconnected") })
 	}
 }
 
@@ -787,9 +786,7 @@ func (c *client) tooFarBehind(cursor int64) bool {
 	if now.Sub(c.overSince) < c.hub.cfg.LagWindow {
 		return false
 	}
-	if c.closeWith(CloseTooFarBehind) {
-		c.dropped("too_far_behind")
-	}
+	c.closeWith(CloseTooFarBehind, func() { c.dropped("too_far_behind") })
 	return true
 }
 

@@ -177,9 +177,7 @@ func (h *Hub) Rebase(_ context.Context, epoch string, head int64) {
 	clients := h.sessionsLocked()
 	h.mu.Unlock()
 	for _, c := range clients {
-		if c.closeWith(CloseHistoryChanged) {
-			h.metrics.drop("history_changed")
-		}
+		c.closeWith(CloseHistoryChanged, func() { h.metrics.drop("history_changed") })
 	}
 }
 
@@ -204,7 +202,7 @@ func (h *Hub) Stop(ctx context.Context) error {
 	clients := h.sessionsLocked()
 	h.mu.RUnlock()
 	for _, c := range clients {
-		c.closeWith(CloseGoingAway)
+		c.closeWith(CloseGoingAway, nil)
 	}
 	var err error
 	for h.m.Len() > 0 {
@@ -231,9 +229,7 @@ func (h *Hub) sweepExpired(ctx context.Context) {
 			h.mu.Unlock()
 			h.connectLimiter.sweep(now)
 			for _, c := range expired {
-				if c.closeWith(CloseTokenExpired) {
-					h.metrics.drop("token_expired")
-				}
+				c.closeWith(CloseTokenExpired, func() { h.metrics.drop("token_expired") })
 			}
 		}
 	}
@@ -442,7 +438,7 @@ func (h *Hub) admit(c *client) bool {
 		return true
 	}
 	h.metrics.reject(over)
-	c.closeWith(CloseError{1013, over})
+	c.closeWith(CloseError{1013, over}, nil)
 	return false
 }
 
