@@ -382,6 +382,14 @@ func (c *client) closed() bool {
 // data queued before it; a client whose socket stays full sees the
 // connection cut (1006) and reconnects with since just the same.
 //
+// Once the frame is written the connection is not closed at once: frames
+// of the client's still unread in our socket (a ping flood's, say) would
+// make the kernel answer the close with a reset, and a reset can destroy
+// the close frame before the client reads it — it would see 1006, not the
+// code. melody's read loop goes on draining the socket until the client's
+// own close frame ends it (the session then ends, done), and a client that
+// does not answer within closeWriteWait is cut.
+//
 // counted, if not nil, is run by the call that starts the close (none if
 // one is already under way), so that a reason is counted once per session,
 // and before the close frame goes out, so that a client that has seen the
@@ -393,8 +401,16 @@ func (c *client) closeWith(ce CloseError, counted func()) {
 		}
 		conn := c.sess.WebsocketConnection()
 		go func() {
-			_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(ce.Code, ce.Reason),
+			err := conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(ce.Code, ce.Reason),
 				time.Now().Add(closeWriteWait))
+			if err == nil {
+				answer := time.NewTimer(closeWriteWait)
+				select {
+				case <-c.done:
+				case <-answer.C:
+				}
+				answer.Stop()
+			}
 			_ = conn.Close()
 		}()
 	})
