@@ -416,7 +416,8 @@ func (c *client) closeWith(ce CloseError, counted func()) {
 	})
 }
 
-// closeWriteWait bounds the wait to hand a close frame to the socket.
+// closeWriteWait bounds the wait to hand a close frame to the socket, and
+// then the wait for the client to answer it (closeWith).
 const closeWriteWait = 2 * time.Second
 
 // catchUp replays from the table at the pace the socket accepts, then
