@@ -416,8 +416,8 @@ func (c *client) closeWith(ce CloseError, counted func()) {
 	})
 }
 
-// closeWriteWait bounds the wait to hand a close frame to the socket, and
-// then the wait for the client to answer it (closeWith).
+// closeWriteWait bounds the wait to hand a control frame (close, pong) to
+// the socket, and the wait for the client to answer a close (closeWith).
 const closeWriteWait = 2 * time.Second
 
 // catchUp replays from the table at the pace the socket accepts, then
