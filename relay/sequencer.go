@@ -76,6 +76,15 @@ type SequencerConfig struct {
 	// lingering polls then stop at LingerPoll, not an eighth of the gap
 	// (lingerCeiling): the wake-up, not the poll, picks up the next row.
 	WakeWhenIdle bool
+	// Fanout, if set, is the local fan-out's backlog (ws.Hub): after the
+	// pause that follows a partial batch, the sequencer waits while that
+	// backlog is above FanoutSlack frames and shrinking, at most
+	// FanoutWait (awaitFanout). Numbering more rows while the writers
+	// still work through the last batch's frames only adds frames and
+	// takes CPU from them; waiting lets the rows of that moment go out as
+	// one batch, one frame per batch session. It costs nothing when the
+	// frames are written within the pause (a host with CPU to spare).
+	Fanout Fanout
 	// HandoffBytes bounds the payload bytes handed off per batch
 	// (TailBatchBytesDefault): the rest of a larger batch is read from the
 	// table by the tailer.
@@ -280,6 +289,45 @@ FROM outbox.relay_state WHERE xmax = xid(pg_current_xact_id_if_assigned())`
 // announced by its trigger. (One whose INSERT ran before the unlock and
 // whose COMMIT lands after the probe is in neither: the next poll finds it.)
 var idleSQL = []string{`SELECT pg_advisory_unlock(` + idleWakeKey + `)`, pendingSQL}
+
+// Fanout reports the local fan-out's backlog.
+type Fanout interface {
+	// Unwritten is how many frames are queued to the sessions and not yet
+	// written to their sockets.
+	Unwritten() int
+}
+
+// FanoutSlack is the backlog of frames (Fanout) the sequencer starts its
+// next batch over; FanoutWait bounds how much longer than its pause it
+// waits for a larger one to shrink, and fanoutStep is how often it looks.
+const (
+	FanoutSlack = 64
+	FanoutWait  = 14 * time.Millisecond
+	fanoutStep  = time.Millisecond
+)
+
+// awaitFanout waits while f's backlog is over FanoutSlack and shrinking
+// (a backlog that stops shrinking belongs to sessions that cannot take
+// more — slow or stuck clients — and waiting for it would hold every
+// other client's events), at most limit. sleep sleeps like backoff.Sleep
+// and now reads the clock (tests pass their own). It reports false if ctx
+// ended.
+func awaitFanout(ctx context.Context, f Fanout, limit time.Duration, sleep func(context.Context, time.Duration) bool, now func() time.Time) bool {
+	if f == nil {
+		return true
+	}
+	deadline := now().Add(limit)
+	for prev := -1; ; {
+		n := f.Unwritten()
+		if n <= FanoutSlack || (prev >= 0 && n >= prev) || !now().Before(deadline) {
+			return true
+		}
+		prev = n
+		if !sleep(ctx, fanoutStep) {
+			return false
+		}
+	}
+}
 
 // Handoff receives the batches the local sequencer commits, in seq order,
 // on the sequencer's goroutine; neither method may block. Tailer is one.
@@ -584,6 +632,9 @@ func (s *Sequencer) run(ctx context.Context) {
 				continue
 			}
 			if !backoff.Sleep(ctx, s.cfg.pauseAfter(took)) {
+				return
+			}
+			if !awaitFanout(ctx, s.cfg.Fanout, FanoutWait, backoff.Sleep, time.Now) {
 				return
 			}
 			continue

@@ -71,9 +71,13 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if err := e.tail.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// As outboxd wires it: the sequencer hands its batches to this tailer.
+	// As outboxd wires it: the sequencer hands its batches to this tailer
+	// and lets the hub's backlog shrink before its next batch.
 	if o.sequencerCfg.Handoff == nil {
 		o.sequencerCfg.Handoff = e.tail
+	}
+	if o.sequencerCfg.Fanout == nil {
+		o.sequencerCfg.Fanout = e.hub
 	}
 	e.seq = relay.NewSequencer(db.Pool, o.sequencerCfg)
 	if !o.noSequencer {

@@ -306,6 +306,21 @@ func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
 	return nil
 }
 
+// Unwritten is how many frames melody holds for the hub's sessions,
+// queued and not yet written (each session's inflight, which counts a
+// batch session's pending frame too): the fan-out's backlog, which the
+// sequencer lets shrink before its next batch (relay.Fanout). It reads
+// every session, under the read lock; it is not on the per-frame path.
+func (h *Hub) Unwritten() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	n := 0
+	for c := range h.routes.all {
+		n += int(c.inflight.Load())
+	}
+	return n
+}
+
 // control acts on a control row (topic outboxd.*), in seq order.
 func (h *Hub) control(e *relay.Event) {
 	if e.Topic != TopicDisconnect {

@@ -798,3 +798,34 @@ func TestCatchUpWithinRecentFramesNeverReadsTable(t *testing.T) {
 		t.Fatalf("catch-up read the table %d times (memory %d) for events the hub held", table, m.pagesMemory.Load())
 	}
 }
+
+// Unwritten (the sequencer's view of the fan-out's backlog) counts the
+// frames queued to sessions and not yet written: a client that does not
+// read holds some, one that reads everything none, and once the one that
+// does not read is gone there are none.
+func TestUnwrittenCountsQueuedFrames(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	fast := e.connect("", "fast")
+	slow, _, err := e.dial("token="+e.token("slow"), dialOpts{rcvBuf: 4096, noReader: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := e.hub.Unwritten(); n != 0 {
+		t.Fatalf("Unwritten() = %d before any event, want 0", n)
+	}
+	const n = 200
+	pad := strings.Repeat("x", 50_000)
+	batch := make([]outbox.Event, n)
+	for i := range batch {
+		batch[i] = outbox.Event{Topic: "task_event", Data: map[string]any{"n": i, "pad": pad}, Broadcast: true}
+	}
+	if _, err := outbox.EmitBatch(context.Background(), e.db.Pool, batch); err != nil {
+		t.Fatal(err)
+	}
+	fast.events(n, 60*time.Second)
+	waitFor(t, 30*time.Second, "frames to back up behind the client that does not read", func() bool { return e.hub.Unwritten() > 0 })
+	_ = slow.conn.Close()
+	waitFor(t, 30*time.Second, "the backlog to go with its session", func() bool {
+		return e.connections() == 1 && e.hub.Unwritten() == 0
+	})
+}

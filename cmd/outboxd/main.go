@@ -306,6 +306,7 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	seqCfg := relay.SequencerConfig{
 		BatchSize: cfg.RelayBatchSize, PollInterval: cfg.RelayPollInterval, MinPollInterval: cfg.RelayMinPollInterval,
 		Logger: logger, HandoffBytes: cfg.RelayBatchBytes, WakeWhenIdle: cfg.RelayWakeup == relay.WakeupIdle,
+		Fanout: hub,
 	}
 	if cfg.RelayHandoff {
 		seqCfg.Handoff = tail
