@@ -42,7 +42,8 @@
 // NOTIFY serialises commits on a global lock). The sequencer polls the small
 // partial index of pending rows adaptively: at once while batches come back
 // full, after a pause that follows the batch's wall time when a batch was
-// partial, and with a doubling sleep while there is nothing to do — up to
+// partial (and, with a Fanout, once the local fan-out's backlog is small
+// or has stopped shrinking: awaitFanout), and with a doubling sleep while there is nothing to do — up to
 // LingerPoll, or an eighth of the usual gap between rows if that is
 // shorter, for a second after the last rows, each sleep ending in a batch
 // (as cheap as a probe when it finds nothing), then up to PollInterval,
