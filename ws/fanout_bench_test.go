@@ -100,3 +100,17 @@ func BenchmarkSentHandler(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkUnwritten is the sequencer's look at the fan-out's backlog
+// (relay.Fanout), once per partial batch: it reads every session.
+func BenchmarkUnwritten_1000Sessions(b *testing.B)  { benchUnwritten(b, 1000) }
+func BenchmarkUnwritten_10000Sessions(b *testing.B) { benchUnwritten(b, 10000) }
+
+func benchUnwritten(b *testing.B, sessions int) {
+	h := benchHub(b, sessions)
+	for b.Loop() {
+		if h.Unwritten() != 0 {
+			b.Fatal("a backlog without frames")
+		}
+	}
+}

@@ -829,3 +829,24 @@ func TestUnwrittenCountsQueuedFrames(t *testing.T) {
 		return e.connections() == 1 && e.hub.Unwritten() == 0
 	})
 }
+
+// Past unwrittenSample sessions Unwritten reads a sample and scales it:
+// a fan-out to every session is seen whole, a quiet hub as quiet.
+func TestUnwrittenSamplesManySessions(t *testing.T) {
+	h := New(nil, nil, Config{})
+	const sessions = 4 * unwrittenSample
+	cs := make([]*client, sessions)
+	for i := range cs {
+		cs[i] = &client{hub: h, userID: fmt.Sprintf("u%d", i), heapIdx: -1, sent: make(chan struct{}, 1), done: make(chan struct{})}
+		h.routes.add(cs[i])
+	}
+	if n := h.Unwritten(); n != 0 {
+		t.Fatalf("Unwritten() = %d with nothing queued, want 0", n)
+	}
+	for _, c := range cs {
+		c.inflight.Store(3)
+	}
+	if n := h.Unwritten(); n != 3*sessions {
+		t.Fatalf("Unwritten() = %d with 3 frames queued to each of %d sessions, want %d", n, sessions, 3*sessions)
+	}
+}
