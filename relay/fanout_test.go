@@ -97,7 +97,11 @@ func TestSequencerWaitsForTheFanout(t *testing.T) {
 	db := dbtest.New(t)
 	ctx := context.Background()
 	g := &gate{asked: make(chan struct{}), answers: make(chan int), free: make(chan struct{})}
-	startAll(t, NewSequencer(db.Pool, SequencerConfig{Fanout: g}))
+	s := NewSequencer(db.Pool, SequencerConfig{Fanout: g})
+	// The test answers each look at its own pace; the wait's bound is
+	// TestAwaitFanout's to check.
+	s.fanoutWait = time.Hour
+	startAll(t, s)
 	t.Cleanup(func() { close(g.free) }) // before the sequencer's Stop
 
 	look := func() {

@@ -147,6 +147,9 @@ type Sequencer struct {
 	// testHookIdle runs after each idle sleep: probe tells whether the
 	// sequencer probes (true) or runs a batch (false) next.
 	testHookIdle func(probe bool)
+	// fanoutWait is FanoutWait; a test that holds the fan-out's answers
+	// raises it, so that its own pace does not end the wait.
+	fanoutWait time.Duration
 
 	wake chan struct{} // Wake: cut an idle sleep short
 
@@ -211,7 +214,7 @@ func (s *Sequencer) sleepIdle(ctx context.Context, d time.Duration) (woken, ok b
 // NewSequencer returns a Sequencer working through pool.
 func NewSequencer(pool *pgxpool.Pool, cfg SequencerConfig) *Sequencer {
 	cfg.setDefaults()
-	s := &Sequencer{pool: pool, cfg: cfg, tracer: cfg.TracerProvider.Tracer(scope), wake: make(chan struct{}, 1)}
+	s := &Sequencer{pool: pool, cfg: cfg, tracer: cfg.TracerProvider.Tracer(scope), wake: make(chan struct{}, 1), fanoutWait: FanoutWait}
 	m := cfg.MeterProvider.Meter(scope)
 	// Instrument creation only fails on invalid names, which these are not.
 	s.batchSize, _ = m.Int64Histogram("outboxd.relay.batch.size", metric.WithUnit("{event}"),
@@ -634,7 +637,7 @@ func (s *Sequencer) run(ctx context.Context) {
 			if !backoff.Sleep(ctx, s.cfg.pauseAfter(took)) {
 				return
 			}
-			if !awaitFanout(ctx, s.cfg.Fanout, FanoutWait, backoff.Sleep, time.Now) {
+			if !awaitFanout(ctx, s.cfg.Fanout, s.fanoutWait, backoff.Sleep, time.Now) {
 				return
 			}
 			continue
