@@ -43,11 +43,11 @@
 // partial index of pending rows adaptively: at once while batches come back
 // full, after a pause that follows the batch's wall time when a batch was
 // partial (and, with a Fanout, once the local fan-out's backlog is small
-// or has stopped shrinking: awaitFanout), and with a doubling sleep while there is nothing to do — up to
-// LingerPoll, or an eighth of the usual gap between rows if that is
-// shorter, for a second after the last rows, each sleep ending in a batch
-// (as cheap as a probe when it finds nothing), then up to PollInterval,
-// each ending in a probe of the pending rows' index.
+// or has stopped shrinking: awaitFanout), and with a doubling sleep while
+// there is nothing to do — up to LingerPoll, or an eighth of the usual gap
+// between rows if that is shorter, for a second after the last rows, each
+// sleep ending in a batch (as cheap as a probe when it finds nothing), then
+// up to PollInterval, each ending in a probe of the pending rows' index.
 //
 // Two opt-in triggers wake an idle sequencer at once (RELAY_WAKEUP). In
 // notify mode every INSERT statement notifies outbox_pending. In idle

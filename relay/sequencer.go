@@ -82,8 +82,8 @@ type SequencerConfig struct {
 	// FanoutWait (awaitFanout). Numbering more rows while the writers
 	// still work through the last batch's frames only adds frames and
 	// takes CPU from them; waiting lets the rows of that moment go out as
-	// one batch, one frame per batch session. It costs nothing when the
-	// frames are written within the pause (a host with CPU to spare).
+	// one batch, one frame per batch session. When the frames are written
+	// within the pause (a host with CPU to spare) it costs one look.
 	Fanout Fanout
 	// HandoffBytes bounds the payload bytes handed off per batch
 	// (TailBatchBytesDefault): the rest of a larger batch is read from the
