@@ -39,11 +39,18 @@ type DB struct {
 	Pool *pgxpool.Pool
 }
 
+// setupTimeout bounds creating, migrating and dropping a test database: a
+// guard against a hang, not a measure of speed. Every test package creates
+// and drops databases at once, and each DROP DATABASE forces a checkpoint;
+// on a loaded CI host with a slow WAL flush migrating one database took
+// over 30 s (TestBinaryExitStatusOnStartupFailure, session 13's CI run).
+const setupTimeout = 2 * time.Minute
+
 // New creates a fresh database with the outbox schema migrated.
 func New(t testing.TB) *DB {
 	t.Helper()
 	db := NewEmpty(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
 	if err := outboxsql.Up(ctx, db.Pool, nil); err != nil {
 		t.Fatalf("dbtest: migrate %s: %v", db.Name, err)
@@ -54,7 +61,7 @@ func New(t testing.TB) *DB {
 // NewEmpty creates a fresh database without running migrations.
 func NewEmpty(t testing.TB) *DB {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
 
 	var b [6]byte
@@ -90,7 +97,7 @@ func NewEmpty(t testing.TB) *DB {
 	}
 	t.Cleanup(func() {
 		db.Pool.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 		defer cancel()
 		admin, err := pgx.Connect(ctx, AdminURL())
 		if err != nil {
