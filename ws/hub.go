@@ -54,6 +54,15 @@ type Hub struct {
 	// routedSeq is the last event whose recipients were copied: written by
 	// Dispatch under the read lock, read under the write lock.
 	routedSeq int64
+	// fanMu is held by Dispatch from the copy of one event's recipients
+	// until every one of them has been handed the event, and by a session
+	// that moves its own routing split (subscribe) before the hub lock:
+	// with it, every event up to routedSeq has reached each of its
+	// recipients (queued, or sent the session to catch up from the table),
+	// so a split at routedSeq drops nothing routed under the old filter.
+	// It costs Dispatch one uncontended lock per event; a subscribe waits
+	// for one event's fan-out at most.
+	fanMu sync.Mutex
 	// epoch is the history head belongs to (outbox.epoch()).
 	epoch atomic.Pointer[string]
 
@@ -269,22 +278,14 @@ func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
 			continue
 		}
 		if strings.HasPrefix(e.Topic, ReservedTopicPrefix) {
+			h.fanMu.Lock()
 			h.control(e)
+			h.fanMu.Unlock()
 			h.dispatched = e.Seq
 			continue
 		}
 		span := h.startProcessSpan(ctx, e)
-		frame := frames[i]
-		recipients := 0
-		for _, c := range h.recipientsOf(e) {
-			queued, held := c.deliverLive(e.Seq, frame, &h.merge)
-			if queued {
-				recipients++
-			}
-			if held {
-				h.held = append(h.held, c)
-			}
-		}
+		recipients := h.fanOut(e, frames[i])
 		h.metrics.queued(e.Topic, recipients)
 		endProcessSpan(span, recipients)
 		h.dispatched = e.Seq
@@ -304,6 +305,24 @@ func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
 	clear(h.everyone)
 	h.everyone, h.everyoneValid = h.everyone[:0], false
 	return nil
+}
+
+// fanOut hands one event's frame to each of its recipients and returns how
+// many queued it. fanMu covers the copy and the hand-over (see fanMu).
+func (h *Hub) fanOut(e *relay.Event, frame []byte) int {
+	h.fanMu.Lock()
+	defer h.fanMu.Unlock()
+	recipients := 0
+	for _, c := range h.recipientsOf(e) {
+		queued, held := c.deliverLive(e.Seq, frame, &h.merge)
+		if queued {
+			recipients++
+		}
+		if held {
+			h.held = append(h.held, c)
+		}
+	}
+	return recipients
 }
 
 // Unwritten is how many frames melody holds for the hub's sessions,
@@ -523,11 +542,16 @@ func (h *Hub) onMessage(s *melody.Session, b []byte) {
 // subscribe replaces c's topic filter (nil: every topic) and answers
 // subscribed with the seq N from which it applies: every event up to N was
 // delivered under the old filter, every event after N follows the new one.
-// Under the hub lock no event is being routed: for a live session N is the
-// last event routed (all of them reached it or were not for it), and the
-// next is routed under the new filter. A catching-up session's N is its
-// cursor; it drops the page it read under the old filter and reads on.
+// With fanMu and the hub lock held no event is being routed or handed
+// over: for a live session N is the last event routed, and every event up
+// to it has reached it or was not for it; the next is routed under the new
+// filter. (Without fanMu, an event whose recipients Dispatch had copied
+// but not yet handed the frame was then dropped as already covered.) A
+// catching-up session's N is its cursor; it drops the page it read under
+// the old filter and reads on.
 func (h *Hub) subscribe(c *client, topics []string) {
+	h.fanMu.Lock()
+	defer h.fanMu.Unlock()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if !h.routes.remove(c) {
