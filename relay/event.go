@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // Event is a sequenced outbox row.
@@ -18,6 +20,12 @@ type Event struct {
 	Roles       []string
 	Traceparent string
 	CreatedAt   time.Time
+	// Malformed says a column could not be decoded as it is (created_at
+	// set to ±infinity by an UPDATE behind the relay's back, say): the
+	// event is still relayed, with CreatedAt the time it was read, so that
+	// no row is left pending or holds back the rows after it. The hub
+	// counts and logs it.
+	Malformed bool
 }
 
 // Broadcast reports whether the event goes to every client.
@@ -44,10 +52,23 @@ type scanner interface{ Scan(dest ...any) error }
 
 func scanEvent(r scanner, e *Event) error {
 	var payload []byte
-	if err := r.Scan(&e.ID, &e.Seq, &e.Topic, &payload, &e.Users, &e.Roles, &e.Traceparent, &e.CreatedAt); err != nil {
+	var created pgtype.Timestamptz
+	if err := r.Scan(&e.ID, &e.Seq, &e.Topic, &payload, &e.Users, &e.Roles, &e.Traceparent, &created); err != nil {
 		return err
 	}
 	e.Payload = payload
-	e.CreatedAt = e.CreatedAt.UTC()
+	e.setCreatedAt(created)
 	return nil
+}
+
+// setCreatedAt decodes created_at: the table's trigger sets it (migration
+// 00010), but a table owner's UPDATE can still store ±infinity, which no
+// time.Time holds. Scanning into time.Time failed the whole read, and the
+// tailer retried it for ever: every replica stopped delivering.
+func (e *Event) setCreatedAt(ts pgtype.Timestamptz) {
+	if ts.Valid && ts.InfinityModifier == pgtype.Finite {
+		e.CreatedAt = ts.Time.UTC()
+		return
+	}
+	e.CreatedAt, e.Malformed = time.Now().UTC(), true
 }

@@ -416,7 +416,7 @@ func TestSequenceStatementNeedsTheLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // ends the test's transaction
-	rows, err := tx.Query(ctx, sequenceSQL, 1000, -1)
+	rows, err := tx.Query(ctx, sequenceSQL, 1000, -1, BatchCostDefault)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,9 +29,14 @@ type RetentionConfig struct {
 	// BatchSize is the seq range one DELETE covers (10000), so that a
 	// statement's cost is bounded and a sweep never holds long locks or
 	// bloats WAL in one statement.
-	BatchSize    int
-	QueryTimeout time.Duration
-	Logger       *slog.Logger
+	BatchSize int
+	// RevocationTTL: revocations (outbox.revocations, written by
+	// outbox.disconnect) older than this are deleted (RevocationTTLDefault).
+	// It is the longest token lifetime the hub accepts (JWT_MAX_TTL): a
+	// token issued before an older revocation has expired anyway.
+	RevocationTTL time.Duration
+	QueryTimeout  time.Duration
+	Logger        *slog.Logger
 }
 
 func (c *RetentionConfig) setDefaults() {
@@ -46,6 +51,9 @@ func (c *RetentionConfig) setDefaults() {
 	}
 	if c.QueryTimeout <= 0 {
 		c.QueryTimeout = QueryTimeoutDefault
+	}
+	if c.RevocationTTL <= 0 {
+		c.RevocationTTL = RevocationTTLDefault
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -98,9 +106,23 @@ SELECT (SELECT count(*) FROM gone),
        EXISTS (SELECT 1 FROM outbox.events WHERE seq >= $1 AND seq < $2 AND delivered_at >= $3)`
 )
 
-// SweepOnce deletes expired rows range by range and returns how many it
-// deleted.
+// RevocationTTLDefault is RetentionConfig.RevocationTTL's default, the
+// hub's default JWT_MAX_TTL.
+const RevocationTTLDefault = 24 * time.Hour
+
+// expireRevocationsSQL deletes revocations older than $1; a few rows per
+// disconnect, so one statement.
+const expireRevocationsSQL = `WITH gone AS (
+  DELETE FROM outbox.revocations WHERE revoked_at < now() - $1::interval RETURNING 1)
+SELECT count(*) FROM gone`
+
+// SweepOnce deletes expired rows range by range, and expired revocations,
+// and returns how many events it deleted.
 func (r *Retention) SweepOnce(ctx context.Context) (int64, error) {
+	var revoked int64
+	if err := r.query(ctx, expireRevocationsSQL, []any{r.cfg.RevocationTTL}, &revoked); err != nil {
+		return 0, err
+	}
 	var cutoff time.Time
 	if err := r.query(ctx, cutoffSQL, []any{r.cfg.Window}, &cutoff); err != nil {
 		return 0, err

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -28,6 +31,11 @@ const (
 	LingerDefault          = time.Second
 	LingerPollDefault      = 10 * time.Millisecond
 	QueryTimeoutDefault    = 10 * time.Second
+	// BatchCostDefault is SequencerConfig.BatchCost's default: with at most
+	// three targets a row, a full batch of 5,000 rows stays within it, and
+	// rows at the per-row bound (1,000 targets, migration 00010) go 20 to
+	// a batch.
+	BatchCostDefault = 20000
 )
 
 // NotifyChannel is the channel the sequencer notifies once per batch, with
@@ -38,6 +46,12 @@ const NotifyChannel = "outbox_seq"
 type SequencerConfig struct {
 	// BatchSize is the most rows numbered in one transaction (5000).
 	BatchSize int
+	// BatchCost bounds a batch by what numbering costs PostgreSQL: each row
+	// counts 1 plus its target entries, which the sequencer's UPDATE enters
+	// into the entitlement indexes one by one (BatchCostDefault). A batch
+	// always takes at least one row. Rows alone were no bound: one commit
+	// of 1,000 rows × 2,500 users made a batch pass its timeout for ever.
+	BatchCost int
 	// PollInterval is the longest sleep between polls when idle (100 ms):
 	// the sequencer polls every MinPollInterval right after activity and
 	// doubles its sleep while nothing arrives, up to this. Measured: 20 ms
@@ -98,6 +112,9 @@ type SequencerConfig struct {
 func (c *SequencerConfig) setDefaults() {
 	if c.BatchSize <= 0 {
 		c.BatchSize = BatchSizeDefault
+	}
+	if c.BatchCost <= 0 {
+		c.BatchCost = BatchCostDefault
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = PollIntervalDefault
@@ -162,6 +179,40 @@ type Sequencer struct {
 	failMu    sync.Mutex
 	failSince time.Time // start of the current run of failed batches
 	failErr   error     // the latest failure of that run
+
+	// rowLimit and costLimit are the current batch bounds: BatchSize and
+	// BatchCost, halved after each batch that timed out and doubled back
+	// after each that committed (shrink, grow). Written by the sequencing
+	// goroutine, read by metrics and readiness.
+	rowLimit, costLimit atomic.Int64
+	// costCut: the last batch left pending rows out by its cost bound
+	// (sequencing goroutine only).
+	costCut bool
+}
+
+// BatchLimit is the current bound on rows per batch: BatchSize, or less
+// while batches that timed out are retried smaller.
+func (s *Sequencer) BatchLimit() int { return int(s.rowLimit.Load()) }
+
+// shrink halves the batch bounds after a batch that timed out (at least
+// one row is always taken).
+func (s *Sequencer) shrink() {
+	s.rowLimit.Store(max(s.rowLimit.Load()/2, 1))
+	s.costLimit.Store(max(s.costLimit.Load()/2, 1))
+}
+
+// grow doubles the batch bounds back towards the configured ones after a
+// batch that committed.
+func (s *Sequencer) grow() {
+	s.rowLimit.Store(min(s.rowLimit.Load()*2, int64(s.cfg.BatchSize)))
+	s.costLimit.Store(min(s.costLimit.Load()*2, int64(s.cfg.BatchCost)))
+}
+
+// timedOut reports whether err is a batch that ran out of time: the
+// batch's own deadline, or PostgreSQL's statement_timeout (57014).
+func timedOut(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &pgErr) && pgErr.Code == "57014")
 }
 
 // FailingSince returns when the current run of failed batches started and
@@ -215,7 +266,15 @@ func (s *Sequencer) sleepIdle(ctx context.Context, d time.Duration) (woken, ok b
 func NewSequencer(pool *pgxpool.Pool, cfg SequencerConfig) *Sequencer {
 	cfg.setDefaults()
 	s := &Sequencer{pool: pool, cfg: cfg, tracer: cfg.TracerProvider.Tracer(scope), wake: make(chan struct{}, 1), fanoutWait: FanoutWait}
+	s.rowLimit.Store(int64(cfg.BatchSize))
+	s.costLimit.Store(int64(cfg.BatchCost))
 	m := cfg.MeterProvider.Meter(scope)
+	limit, _ := m.Int64ObservableGauge("outboxd.relay.batch.limit", metric.WithUnit("{event}"),
+		metric.WithDescription("Current bound on rows per sequencer batch: RELAY_BATCH_SIZE, or less while batches that timed out are retried smaller."))
+	_, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(limit, s.rowLimit.Load())
+		return nil
+	}, limit)
 	// Instrument creation only fails on invalid names, which these are not.
 	s.batchSize, _ = m.Int64Histogram("outboxd.relay.batch.size", metric.WithUnit("{event}"),
 		metric.WithDescription("Rows numbered per sequencer batch."),
@@ -237,7 +296,9 @@ func NewSequencer(pool *pgxpool.Pool, cfg SequencerConfig) *Sequencer {
 const lockSQL = `WITH p AS MATERIALIZED (SELECT EXISTS (SELECT 1 FROM outbox.events WHERE seq IS NULL) AS pending)
 SELECT pending, (SELECT last_seq FROM outbox.relay_state WHERE pending FOR UPDATE SKIP LOCKED) FROM p`
 
-// sequenceSQL numbers up to $1 pending rows after relay_state.last_seq,
+// sequenceSQL numbers up to $1 pending rows after relay_state.last_seq —
+// the prefix of them whose cost (1 + target entries each) starts within $3,
+// so at least one —
 // advances relay_state and notifies, all in one statement, and returns the
 // numbered rows in seq order for the local hand-off (Handoff): the payload
 // of a row only while the batch's payloads so far fit in $2 bytes, NULL
@@ -257,9 +318,14 @@ SELECT pending, (SELECT last_seq FROM outbox.relay_state WHERE pending FOR UPDAT
 // after the lock was granted and sees the previous batch (package doc).
 const sequenceSQL = `WITH locked AS (
   SELECT last_seq FROM outbox.relay_state WHERE xmax = xid(pg_current_xact_id_if_assigned())
+), pending AS (
+  SELECT id, 1 + coalesce(cardinality(target_users), 0) + coalesce(cardinality(target_roles), 0) AS cost
+  FROM outbox.events WHERE seq IS NULL ORDER BY id LIMIT $1
+), costed AS (
+  SELECT id, cost, sum(cost) OVER (ORDER BY id) AS total FROM pending
 ), batch AS (
   SELECT id, locked.last_seq + row_number() OVER (ORDER BY id) AS seq
-  FROM (SELECT id FROM outbox.events WHERE seq IS NULL ORDER BY id LIMIT $1) pending, locked
+  FROM costed, locked WHERE total - cost < $3
 ), upd AS (
   UPDATE outbox.events e SET seq = b.seq, delivered_at = now()
   FROM batch b WHERE e.id = b.id
@@ -273,7 +339,7 @@ const sequenceSQL = `WITH locked AS (
 )
 SELECT id, seq, topic,
   CASE WHEN $2 >= 0 AND sum(octet_length(payload::text)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) <= $2 THEN payload END,
-  target_users, target_roles, traceparent, created_at, (SELECT count(*) FROM notified)
+  target_users, target_roles, traceparent, created_at, (SELECT count(*) FROM notified), (SELECT count(*) FROM pending)
 FROM upd ORDER BY seq`
 
 // wakeLockSQL takes idleWakeKey for the session (WakeWhenIdle), but only
@@ -492,7 +558,8 @@ func (s *Sequencer) batch(ctx context.Context, conn *pgx.Conn, handoff *[]Event)
 	b := &pgx.Batch{}
 	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
 	b.Queue(lockSQL)
-	b.Queue(sequenceSQL, s.cfg.BatchSize, limit)
+	rowLimit, costLimit := s.rowLimit.Load(), s.costLimit.Load()
+	b.Queue(sequenceSQL, rowLimit, limit, costLimit)
 	tryWake := s.cfg.WakeWhenIdle && !s.busy
 	if tryWake {
 		b.Queue(wakeLockSQL)
@@ -517,32 +584,38 @@ func (s *Sequencer) batch(ctx context.Context, conn *pgx.Conn, handoff *[]Event)
 	locked := last != nil
 	rows, err := br.Query()
 	if err != nil {
-		return 0, false, fmt.Errorf("relay: sequence batch: %w", err)
+		return 0, false, fmt.Errorf("relay: sequence batch (up to %d rows, %d cost): %w", rowLimit, costLimit, err)
 	}
 	kept, bytes := handoff != nil, 0
+	var considered int64
 	for rows.Next() {
 		n++
-		if !kept {
+		if !kept && n > 1 {
 			continue
 		}
 		var e Event
 		var payload []byte
 		var notified int64
-		if err := rows.Scan(&e.ID, &e.Seq, &e.Topic, &payload, &e.Users, &e.Roles, &e.Traceparent, &e.CreatedAt, &notified); err != nil {
+		var created pgtype.Timestamptz
+		if err := rows.Scan(&e.ID, &e.Seq, &e.Topic, &payload, &e.Users, &e.Roles, &e.Traceparent, &created, &notified, &considered); err != nil {
 			rows.Close()
 			return 0, false, fmt.Errorf("relay: sequence batch: %w", err)
 		}
 		// Hold the bytes received to the budget too.
+		if !kept {
+			continue
+		}
 		if bytes += len(payload); payload == nil || bytes > s.cfg.HandoffBytes {
 			kept = false
 			continue
 		}
-		e.Payload, e.CreatedAt = payload, e.CreatedAt.UTC()
+		e.Payload = payload
+		e.setCreatedAt(created)
 		*handoff = append(*handoff, e)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return 0, false, fmt.Errorf("relay: sequence batch: %w", err)
+		return 0, false, fmt.Errorf("relay: sequence batch (up to %d rows, %d cost): %w", rowLimit, costLimit, err)
 	}
 	if tryWake {
 		// A row (the lock's outcome) only if this transaction sequences.
@@ -575,6 +648,9 @@ func (s *Sequencer) batch(ctx context.Context, conn *pgx.Conn, handoff *[]Event)
 	if !locked && pending {
 		return 0, false, ErrLockHeld
 	}
+	// Rows left out by the cost bound are waiting: the next batch starts
+	// at once, as after a full one.
+	s.costCut = considered > int64(n)
 	return n, tookWake, nil
 }
 
@@ -616,6 +692,16 @@ func (s *Sequencer) run(ctx context.Context) {
 				return
 			}
 			continue
+		case err != nil && timedOut(err):
+			rows, cost := s.rowLimit.Load(), s.costLimit.Load()
+			s.shrink()
+			s.cfg.Logger.Warn("sequencer batch timed out; retrying it smaller", "err", err,
+				"rows", rows, "cost", cost, "next_rows", s.rowLimit.Load(), "next_cost", s.costLimit.Load())
+			recoverPool(s.pool, err, s.cfg.Logger)
+			if !bo.Wait(ctx) {
+				return
+			}
+			continue
 		case err != nil:
 			s.cfg.Logger.Warn("sequencer batch failed; retrying", "err", err)
 			recoverPool(s.pool, err, s.cfg.Logger)
@@ -626,13 +712,16 @@ func (s *Sequencer) run(ctx context.Context) {
 		}
 		bo.Reset()
 		if n > 0 {
+			if s.rowLimit.Load() < int64(s.cfg.BatchSize) || s.costLimit.Load() < int64(s.cfg.BatchCost) {
+				s.grow()
+			}
 			now := time.Now()
 			gap = s.cfg.nextGap(gap, lastRows, now)
 			lastRows = now
 			took := lastRows.Sub(start)
 			idle = s.cfg.MinPollInterval
-			if n >= s.cfg.BatchSize {
-				continue
+			if n >= s.cfg.BatchSize || s.costCut || s.rowLimit.Load() < int64(s.cfg.BatchSize) {
+				continue // a full batch, or a backlog worked through in smaller ones
 			}
 			if !backoff.Sleep(ctx, s.cfg.pauseAfter(took)) {
 				return

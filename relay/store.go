@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -89,6 +91,30 @@ func (s *Store) Position(ctx context.Context) (Position, error) {
 // Status reads what /ws/stats and /metrics report, with a short timeout.
 func (s *Store) Status(ctx context.Context) (Status, error) { return ReadStatusTimeout(ctx, s.pool) }
 
+// revocationsSQL reads the revocations younger than $1 (outbox.disconnect,
+// migration 00010), in unix seconds.
+const revocationsSQL = `SELECT user_id, extract(epoch FROM revoked_at)::bigint FROM outbox.revocations
+WHERE revoked_at >= now() - $1::interval`
+
+// Revocations reads who was revoked within maxAge, and when (unix
+// seconds): tokens of those users issued earlier are refused.
+func (s *Store) Revocations(ctx context.Context, maxAge time.Duration) (map[string]int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	rows, err := s.pool.Query(ctx, revocationsSQL, maxAge)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int64{}
+	var user string
+	var at int64
+	_, err = pgx.ForEachRow(rows, []any{&user, &at}, func() error {
+		out[user] = at
+		return nil
+	})
+	return out, err
+}
+
 // Ping checks that the database answers.
 func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
 
@@ -138,14 +164,16 @@ func (s *Store) ReadEntitled(ctx context.Context, q ReplayQuery, buf []Event) (P
 		var id, seq *int64
 		var topic *string
 		var payload []byte
-		var created *time.Time
+		var created pgtype.Timestamptz
 		if err := rows.Scan(&p.Head, &p.Oldest, &id, &seq, &topic, &payload, &created); err != nil {
 			return p, buf, err
 		}
 		if id == nil { // no entitled rows: the LEFT JOIN's empty side
 			continue
 		}
-		buf = append(buf, Event{ID: *id, Seq: *seq, Topic: *topic, Payload: payload, CreatedAt: created.UTC()})
+		e := Event{ID: *id, Seq: *seq, Topic: *topic, Payload: payload}
+		e.setCreatedAt(created)
+		buf = append(buf, e)
 		p.Bytes += len(payload)
 		if q.MaxBytes > 0 && p.Bytes >= q.MaxBytes {
 			full = true

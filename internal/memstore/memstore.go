@@ -7,9 +7,11 @@ package memstore
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/grupogad/outboxd/relay"
 )
@@ -20,6 +22,8 @@ type Store struct {
 	events []relay.Event
 	head   int64
 	epoch  string
+	// revoked: user → unix second of its revocation.
+	revoked map[string]int64
 }
 
 // New returns an empty history with the given epoch.
@@ -122,3 +126,20 @@ func (s *Store) Status(context.Context) (relay.Status, error) {
 
 // Ping implements ws.Store.
 func (s *Store) Ping(context.Context) error { return nil }
+
+// Revoke records a revocation of user at unix second at.
+func (s *Store) Revoke(user string, at int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.revoked == nil {
+		s.revoked = map[string]int64{}
+	}
+	s.revoked[user] = max(s.revoked[user], at)
+}
+
+// Revocations returns every recorded revocation (memstore keeps no clock).
+func (s *Store) Revocations(context.Context, time.Duration) (map[string]int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.revoked), nil
+}
