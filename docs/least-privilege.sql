@@ -12,6 +12,7 @@ GRANT USAGE ON SCHEMA outbox TO outboxd_sidecar;
 GRANT SELECT, DELETE ON outbox.events TO outboxd_sidecar;
 GRANT UPDATE (seq, delivered_at) ON outbox.events TO outboxd_sidecar;
 GRANT SELECT, UPDATE (last_seq, epoch) ON outbox.relay_state TO outboxd_sidecar;
+GRANT SELECT, DELETE ON outbox.revocations TO outboxd_sidecar;
 GRANT EXECUTE ON FUNCTION outbox.head(), outbox.epoch() TO outboxd_sidecar;
 -- Only for RELAY_WAKEUP=idle or notify (outboxd creates the producer trigger):
 -- GRANT TRIGGER ON outbox.events TO outboxd_sidecar;

@@ -1,11 +1,13 @@
 package ws
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -32,6 +34,10 @@ type AuthConfig struct {
 	RequireExp bool
 	// Leeway tolerates clock skew on exp, nbf and iat (LeewayDefault).
 	Leeway time.Duration
+	// MaxTTL bounds a token's lifetime (JWT_MAX_TTL, MaxTTLDefault): exp −
+	// iat, or exp − now for a token without iat. Revocations are kept this
+	// long (relay.RetentionConfig.RevocationTTL).
+	MaxTTL time.Duration
 	// JWKSClient overrides the HTTP client used for JWKSURL (tests).
 	JWKSClient *http.Client
 }
@@ -39,17 +45,56 @@ type AuthConfig struct {
 // LeewayDefault is the clock skew tolerated on time claims.
 const LeewayDefault = 30 * time.Second
 
+// MaxTTLDefault is AuthConfig.MaxTTL's default: the longest development
+// token outboxd mints (outboxd token, /ws/_test/token) lives 24 h.
+const MaxTTLDefault = 24 * time.Hour
+
 // Claims is what a validated token says about its holder.
 type Claims struct {
 	UserID  string
 	Roles   []string
 	Expires time.Time // zero when the token has no exp
+	Issued  time.Time // zero when the token has no iat
 }
 
 type tokenClaims struct {
 	jwt.RegisteredClaims
 	Role  string   `json:"role,omitempty"`
 	Roles []string `json:"roles,omitempty"`
+}
+
+// claimTypeError is a claim whose JSON type is not the one RFC 7519 (or
+// outboxd, for role and roles) gives it.
+type claimTypeError struct{ claim, want string }
+
+func (e *claimTypeError) Error() string { return "token claim " + e.claim + " is not " + e.want }
+
+// UnmarshalJSON checks the claims' JSON types before decoding them: jwt
+// reads a NumericDate through json.Number, which also takes a string
+// ("exp": "9999999999"), and a string where an array belongs is a token
+// minted wrong, not one to guess at.
+func (tc *tokenClaims) UnmarshalJSON(b []byte) error {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	for claim, want := range map[string]byte{"exp": '0', "iat": '0', "nbf": '0', "sub": '"', "iss": '"', "role": '"', "roles": '['} {
+		v, ok := raw[claim]
+		if !ok {
+			continue
+		}
+		v = bytes.TrimSpace(v)
+		switch {
+		case want == '0' && (len(v) == 0 || (v[0] != '-' && (v[0] < '0' || v[0] > '9'))):
+			return &claimTypeError{claim, "a number"}
+		case want == '"' && (len(v) == 0 || v[0] != '"'):
+			return &claimTypeError{claim, "a string"}
+		case want == '[' && (len(v) == 0 || v[0] != '['):
+			return &claimTypeError{claim, "an array of strings"}
+		}
+	}
+	type plain tokenClaims
+	return json.Unmarshal(b, (*plain)(tc))
 }
 
 // Authenticator validates JWTs. Algorithms are pinned: HS256 only with a
@@ -69,6 +114,9 @@ func NewAuthenticator(ctx context.Context, cfg AuthConfig) (*Authenticator, erro
 	}
 	if cfg.Leeway == 0 {
 		cfg.Leeway = LeewayDefault
+	}
+	if cfg.MaxTTL <= 0 {
+		cfg.MaxTTL = MaxTTLDefault
 	}
 	a := &Authenticator{cfg: cfg}
 	if cfg.SecretKey != "" {
@@ -195,6 +243,9 @@ func (a *Authenticator) Validate(ctx context.Context, raw string) (Claims, error
 		if errors.Is(err, jwt.ErrTokenSignatureInvalid) && strings.Contains(err.Error(), "signing method") {
 			return Claims{}, fmt.Errorf("token algorithm not accepted (accepted: %s)", strings.Join(a.methods, ", "))
 		}
+		if cte := (*claimTypeError)(nil); errors.As(err, &cte) {
+			return Claims{}, cte
+		}
 		return Claims{}, describeJWTError(err)
 	}
 	if strings.TrimSpace(tc.Subject) == "" {
@@ -203,6 +254,18 @@ func (a *Authenticator) Validate(ctx context.Context, raw string) (Claims, error
 	c := Claims{UserID: tc.Subject}
 	if tc.ExpiresAt != nil {
 		c.Expires = tc.ExpiresAt.Time
+	}
+	if tc.IssuedAt != nil {
+		c.Issued = tc.IssuedAt.Time
+	}
+	if !c.Expires.IsZero() {
+		from, what := c.Issued, "exp − iat"
+		if from.IsZero() {
+			from, what = time.Now(), "exp − now"
+		}
+		if life := c.Expires.Sub(from); life > a.cfg.MaxTTL {
+			return Claims{}, fmt.Errorf("token lifetime (%s) over the %s accepted (JWT_MAX_TTL)", what, a.cfg.MaxTTL)
+		}
 	}
 	roles := tc.Roles
 	if tc.Role != "" {
@@ -244,6 +307,9 @@ func describeJWTError(err error) error {
 	}
 	return errors.New("token invalid")
 }
+
+// MaxTTL is the longest token lifetime accepted (AuthConfig.MaxTTL).
+func (a *Authenticator) MaxTTL() time.Duration { return a.cfg.MaxTTL }
 
 // Mint signs an HS256 development token. It fails without a secret key.
 func (a *Authenticator) Mint(sub string, roles []string, ttl time.Duration) (string, error) {

@@ -101,7 +101,7 @@ func TestAuthMatrix(t *testing.T) {
 		{"wrong audience", hs(with("aud", "someone-else")), "audience"},
 		{"missing sub", hs(with("sub", nil)), "no sub"},
 		{"blank sub", hs(with("sub", "  ")), "no sub"},
-		{"role not a string", hs(with("role", 7)), "malformed"},
+		{"role not a string", hs(with("role", 7)), "claim role is not a string"},
 		{"too long", strings.Repeat("a", MaxTokenBytes+1), "longer"},
 	}
 	for _, c := range refused {

@@ -50,6 +50,7 @@ type client struct {
 	userID string
 	roles  []string
 	exp    time.Time
+	iat    time.Time // the token's iat (zero: none), against revocations
 	remote string
 
 	heapIdx int // position in Hub.expiries; guarded by Hub.mu

@@ -80,6 +80,10 @@ func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
 		reject(http.StatusUnauthorized, "invalid_token", httpError{"invalid_token", err.Error()})
 		return
 	}
+	if why := h.revoked.refuses(claims.UserID, claims.Issued, claims.Expires); why != "" {
+		reject(http.StatusUnauthorized, "revoked", httpError{"invalid_token", why})
+		return
+	}
 	q := r.URL.Query()
 	since, hasSince, err := ParseSince(q.Get("since"))
 	if err != nil {
@@ -106,7 +110,7 @@ func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := &client{
-		hub: h, userID: claims.UserID, roles: claims.Roles, exp: claims.Expires,
+		hub: h, userID: claims.UserID, roles: claims.Roles, exp: claims.Expires, iat: claims.Issued,
 		remote: addr, since: since, hasSince: hasSince, epoch: epoch, topics: topicSet(topics), heapIdx: -1, batch: batch,
 		sent: make(chan struct{}, 1), done: make(chan struct{}), upgraded: make(chan struct{}), handshake: span,
 	}

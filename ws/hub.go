@@ -72,6 +72,9 @@ type Hub struct {
 
 	closing atomic.Bool
 
+	// revoked caches outbox.disconnect's revocations (revocation.go).
+	revoked revocations
+
 	connectLimiter *addrLimiter
 	// catchUpMem bounds the bytes all table catch-ups hold at once
 	// (Config.CatchUpMemory).
@@ -156,6 +159,11 @@ func (h *Hub) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ws: %w", err)
 	}
+	// After the head: a disconnect at or below it committed before, and
+	// its revocation is read here; one after it reaches Dispatch.
+	if err := h.revoked.load(ctx, h.store, h.auth.MaxTTL()); err != nil {
+		return err
+	}
 	h.head.Store(hist.Head)
 	h.dispatched = hist.Head
 	h.epoch.Store(&hist.Epoch)
@@ -237,6 +245,7 @@ func (h *Hub) sweepExpired(ctx context.Context) {
 			expired := h.expiries.popExpired(now)
 			h.mu.Unlock()
 			h.connectLimiter.sweep(now)
+			h.revoked.expire(now, h.auth.MaxTTL())
 			for _, c := range expired {
 				c.closeWith(CloseTokenExpired, func() { h.metrics.drop("token_expired") })
 			}
@@ -261,6 +270,11 @@ func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
 	frames := make([][]byte, len(events))
 	for i := range events {
 		if e := &events[i]; e.Seq > h.dispatched {
+			if e.Malformed {
+				h.metrics.malformed.Add(1)
+				h.cfg.Logger.Warn("row relayed with a column that could not be decoded (created_at not a finite time): its timestamp is the time it was read",
+					"id", e.ID, "seq", e.Seq, "topic", e.Topic)
+			}
 			// A control row keeps its place in the recent frames, without a
 			// frame: it is never delivered.
 			if !strings.HasPrefix(e.Topic, ReservedTopicPrefix) {
@@ -361,15 +375,27 @@ func (h *Hub) control(e *relay.Event) {
 		return
 	}
 	var d struct {
-		Reason string `json:"reason"`
+		Reason    string `json:"reason"`
+		RevokedAt int64  `json:"revoked_at"` // unix seconds; 0 in rows from before migration 00010
 	}
 	_ = json.Unmarshal(e.Payload, &d)
 	ce := CloseError{CloseRevoked.Code, closeReason(d.Reason, CloseRevoked.Reason)}
+	// The revocation first, then the sessions: a connect admitted after
+	// this copy checks the revocation under the hub lock (admit).
+	if d.RevokedAt > 0 {
+		h.revoked.add(e.Users, d.RevokedAt)
+	}
 	h.mu.RLock()
 	h.routedSeq = e.Seq
 	var sessions []*client
 	for _, u := range e.Users {
 		for c := range h.routes.byUser[u] {
+			// A session opened with a token issued after the disconnect's
+			// second (on a replica lagging behind it) is not cut; one of
+			// the same second is: it may have been issued just before.
+			if d.RevokedAt > 0 && !c.iat.IsZero() && c.iat.Unix() > d.RevokedAt {
+				continue
+			}
 			sessions = append(sessions, c)
 		}
 	}
@@ -483,6 +509,15 @@ func (h *Hub) admit(c *client) bool {
 		over = "too_many_connections_for_user"
 	}
 	if over == "" {
+		// The check before the upgrade may have run before a disconnect
+		// reached this replica; control() records the revocation before it
+		// copies the user's sessions, so under the hub lock one of the two
+		// sees the other.
+		if why := h.revoked.refuses(c.userID, c.iat, c.exp); why != "" {
+			h.metrics.reject("revoked")
+			c.closeWith(CloseError{CloseRevoked.Code, "revoked"}, nil)
+			return false
+		}
 		return true
 	}
 	h.metrics.reject(over)

@@ -19,6 +19,7 @@ type hubMetrics struct {
 	pagesTable    atomic.Int64 // catch-up pages read from the table
 	resyncs       atomic.Int64
 	subscribes    atomic.Int64 // subscribe messages applied
+	malformed     atomic.Int64 // rows relayed with a column that could not be decoded
 
 	mu         sync.Mutex
 	drops      map[string]int64 // closes by reason

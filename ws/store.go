@@ -20,6 +20,9 @@ type Store interface {
 	ReadEntitled(ctx context.Context, q relay.ReplayQuery, buf []relay.Event) (relay.Page, []relay.Event, error)
 	// Status is the relay's position for /ws/stats and /metrics.
 	Status(ctx context.Context) (relay.Status, error)
+	// Revocations reads the users revoked within maxAge, with the time
+	// (unix seconds) before which their tokens are refused.
+	Revocations(ctx context.Context, maxAge time.Duration) (map[string]int64, error)
 	// Ping checks that the database answers (/readyz).
 	Ping(ctx context.Context) error
 }

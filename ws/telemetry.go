@@ -63,6 +63,8 @@ func (h *Hub) initTelemetry() {
 	broadcasts, _ := m.Int64ObservableCounter("outboxd.ws.broadcasts", metric.WithDescription("Test broadcasts."))
 	catchUps, _ := m.Int64ObservableCounter("outboxd.ws.catchups", metric.WithDescription("Times a session's live queue filled and it caught up from memory or the table."))
 	resyncs, _ := m.Int64ObservableCounter("outboxd.ws.resyncs", metric.WithDescription("resync_required frames sent."))
+	malformed, _ := m.Int64ObservableCounter("outboxd.relay.rows.malformed", metric.WithUnit("{event}"),
+		metric.WithDescription("Rows relayed with a column that could not be decoded as stored (created_at at infinity): delivered with the time they were read."))
 	pages, _ := m.Int64ObservableCounter("outboxd.ws.catchup.pages", metric.WithDescription("Catch-up pages, by source: memory (recent frames) or table."))
 	head, _ := m.Int64ObservableGauge("outboxd.relay.head_seq", metric.WithDescription("Last assigned seq."))
 	dispatched, _ := m.Int64ObservableGauge("outboxd.relay.dispatched_seq", metric.WithDescription("Last seq this replica's hub delivered."))
@@ -89,6 +91,7 @@ func (h *Hub) initTelemetry() {
 		o.ObserveInt64(connects, hm.connects.Load())
 		o.ObserveInt64(broadcasts, hm.broadcasts.Load())
 		o.ObserveInt64(catchUps, hm.catchUps.Load())
+		o.ObserveInt64(malformed, hm.malformed.Load())
 		o.ObserveInt64(resyncs, hm.resyncs.Load())
 		o.ObserveInt64(pages, hm.pagesMemory.Load(), metric.WithAttributes(attribute.String("source", "memory")))
 		o.ObserveInt64(pages, hm.pagesTable.Load(), metric.WithAttributes(attribute.String("source", "table")))
@@ -114,7 +117,7 @@ func (h *Hub) initTelemetry() {
 			o.ObserveFloat64(oldest, st.Lag)
 		}
 		return nil
-	}, sessions, byRole, users, subscriptions, connects, rejections, sent, sendErrors, drops, broadcasts, catchUps, resyncs, pages,
+	}, sessions, byRole, users, subscriptions, connects, rejections, sent, sendErrors, drops, broadcasts, catchUps, resyncs, malformed, pages,
 		head, dispatched, lag, pending, oldest)
 }
 

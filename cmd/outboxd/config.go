@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/caarlos0/env/v11"
@@ -60,8 +61,11 @@ type Config struct {
 	// held body is released after it); WebSocket sessions keep their own
 	// deadlines once upgraded.
 	HTTPReadTimeout time.Duration `env:"HTTP_READ_TIMEOUT" envDefault:"15s"`
-	// HTTPIdleTimeout closes keep-alive connections idle that long.
-	HTTPIdleTimeout time.Duration `env:"HTTP_IDLE_TIMEOUT" envDefault:"60s"`
+	// HTTPIdleTimeout closes keep-alive connections idle that long between
+	// requests (never a WebSocket: it is hijacked). Short, so that sockets
+	// that send one request and idle do not hold connection slots
+	// (MAX_OPEN_CONNS); a reverse proxy's upstream keep-alive must be shorter.
+	HTTPIdleTimeout time.Duration `env:"HTTP_IDLE_TIMEOUT" envDefault:"10s"`
 	// HTTPMaxHeaderBytes bounds a request's headers (larger: HTTP 431).
 	HTTPMaxHeaderBytes int `env:"HTTP_MAX_HEADER_BYTES" envDefault:"16384"`
 	// MaxOpenConns bounds open TCP connections on LISTEN_ADDR, WebSockets
@@ -74,6 +78,12 @@ type Config struct {
 	MaxConnsPerAddress int `env:"MAX_CONNS_PER_ADDRESS" envDefault:"0"`
 	// JWTRequireExp refuses tokens without exp.
 	JWTRequireExp bool `env:"JWT_REQUIRE_EXP" envDefault:"true"`
+	// JWTMaxTTL bounds a token's lifetime (exp − iat, or exp − now without
+	// iat); outbox.disconnect's revocations are kept that long.
+	JWTMaxTTL time.Duration `env:"JWT_MAX_TTL" envDefault:"24h"`
+	// DemoPage serves the embedded demo page at / (and its client script).
+	// Unset: on outside production, off in production.
+	DemoPage *bool `env:"DEMO_PAGE"`
 	// AllowedOrigins is a comma list of browser origins; * (the default
 	// outside production) allows any.
 	AllowedOrigins []string `env:"ALLOWED_ORIGINS" envSeparator:","`
@@ -192,12 +202,45 @@ func (c *Config) DevFeatures() []string {
 	return on
 }
 
+// DemoPageEnabled is DEMO_PAGE, or its default: on outside production.
+func (c *Config) DemoPageEnabled() bool {
+	if c.DemoPage != nil {
+		return *c.DemoPage
+	}
+	return !c.Production()
+}
+
 // OpenConnsLimit is MAX_OPEN_CONNS, or derived from MAX_CONNECTIONS.
 func (c *Config) OpenConnsLimit() int {
 	if c.MaxOpenConns > 0 || c.MaxConnections == 0 {
 		return c.MaxOpenConns
 	}
 	return c.MaxConnections + 1024
+}
+
+// StartWarnings are settings that start but that an operator should
+// know about: in production, no per-address bound and no proxy to find the
+// real address (one address can then take every connection slot); an open
+// connection bound above what the process may open (the kernel refuses
+// sockets first, with no 503 and no metric).
+func (c *Config) StartWarnings() []string {
+	var w []string
+	if c.Production() && len(c.TrustedProxies) == 0 && c.MaxConnsPerAddress == 0 {
+		w = append(w, "TRUSTED_PROXIES is empty and MAX_CONNS_PER_ADDRESS is 0: one client address can hold every connection slot (MAX_OPEN_CONNS); behind a proxy set TRUSTED_PROXIES, exposed directly set MAX_CONNS_PER_ADDRESS")
+	}
+	if limit, ok := fileLimit(); ok && c.OpenConnsLimit() > 0 && uint64(c.OpenConnsLimit()) > limit {
+		w = append(w, fmt.Sprintf("MAX_OPEN_CONNS is %d but the process may open only %d files (ulimit -n): connections past that fail at accept, with no 503; raise the limit or lower MAX_OPEN_CONNS/MAX_CONNECTIONS", c.OpenConnsLimit(), limit))
+	}
+	return w
+}
+
+// fileLimit is the process's soft RLIMIT_NOFILE.
+func fileLimit() (uint64, bool) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, false
+	}
+	return rl.Cur, true
 }
 
 // Production reports whether ENVIRONMENT is production.
@@ -285,6 +328,9 @@ func (c *Config) validate() []string {
 	}
 	if c.HTTPIdleTimeout < time.Second || c.HTTPIdleTimeout > time.Hour {
 		p = append(p, fmt.Sprintf("HTTP_IDLE_TIMEOUT: %s; want 1s to 1h", c.HTTPIdleTimeout))
+	}
+	if c.JWTMaxTTL < time.Minute || c.JWTMaxTTL > 30*24*time.Hour {
+		p = append(p, fmt.Sprintf("JWT_MAX_TTL: %s; want 1m to 720h", c.JWTMaxTTL))
 	}
 	if c.HTTPMaxHeaderBytes < 4096 || c.HTTPMaxHeaderBytes > 1<<20 {
 		p = append(p, fmt.Sprintf("HTTP_MAX_HEADER_BYTES: %d; want 4096 to 1048576 (tokens are at most 8 KiB)", c.HTTPMaxHeaderBytes))

@@ -209,6 +209,9 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return fmt.Errorf("TRUSTED_PROXIES: %w", err)
 	}
 
+	for _, w := range cfg.StartWarnings() {
+		logger.Warn(w)
+	}
 	if cfg.SecretKey != "" && cfg.Production() && (cfg.JWTIssuer == "" || cfg.JWTAudience == "") {
 		logger.Warn("JWT_ISSUER or JWT_AUDIENCE unset: any token signed with SECRET_KEY passes, whatever service it was minted for")
 	}
@@ -269,7 +272,7 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	defer cancelAuth()
 	auth, err := ws.NewAuthenticator(authCtx, ws.AuthConfig{
 		SecretKey: secret, JWKSURL: cfg.JWKSURL, Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience,
-		RequireExp: cfg.JWTRequireExp,
+		RequireExp: cfg.JWTRequireExp, MaxTTL: cfg.JWTMaxTTL,
 	})
 	if err != nil {
 		return err
@@ -313,7 +316,7 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	}
 	seq = relay.NewSequencer(pool, seqCfg)
 	readiness.Sequencer, readiness.Tailer, readiness.Dispatched, readiness.Epoch = seq, tail, hub.Head, hub.Epoch
-	ret := relay.NewRetention(pool, relay.RetentionConfig{Window: cfg.OutboxRetention, Logger: logger})
+	ret := relay.NewRetention(pool, relay.RetentionConfig{Window: cfg.OutboxRetention, RevocationTTL: cfg.JWTMaxTTL, Logger: logger})
 	services := []service{tail, seq, ret}
 	for _, s := range services {
 		if err := s.Start(ctx); err != nil {
@@ -323,7 +326,9 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 
 	mux := http.NewServeMux()
 	hub.Routes(mux)
-	browser.Routes(mux)
+	if cfg.DemoPageEnabled() {
+		browser.Routes(mux)
+	}
 	// Operational endpoints: on the admin address when there is one, and
 	// behind ADMIN_TOKEN when it is set.
 	ops := mux

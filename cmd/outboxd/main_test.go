@@ -166,16 +166,16 @@ func TestMigrateSubcommand(t *testing.T) {
 	if out := run("status"); !strings.Contains(out, "00001  pending") {
 		t.Fatalf("status: %s", out)
 	}
-	if out := run("up"); !strings.Contains(out, "applied 9 migration(s) [1 2 3 4 5 6 7 8 9]") {
+	if out := run("up"); !strings.Contains(out, "applied 10 migration(s) [1 2 3 4 5 6 7 8 9 10]") {
 		t.Fatalf("up: %s", out)
 	}
 	if out := run("status"); !strings.Contains(out, "00001  applied") || !strings.Contains(out, "00002  applied") {
 		t.Fatalf("status: %s", out)
 	}
-	if out := run("down"); !strings.Contains(out, "rolled back version 9") {
+	if out := run("down"); !strings.Contains(out, "rolled back version 10") {
 		t.Fatalf("down: %s", out)
 	}
-	if out := run(); !strings.Contains(out, "applied 1 migration(s) [9]") {
+	if out := run(); !strings.Contains(out, "applied 1 migration(s) [10]") {
 		t.Fatalf("up (default): %s", out)
 	}
 	var n int64

@@ -73,7 +73,8 @@ class Disconnect(unittest.TestCase):
                 session.rollback()
             with engine.connect() as conn:
                 rows = conn.execute(text("SELECT payload, target_users FROM outbox.events WHERE topic = 'outboxd.disconnect' ORDER BY id")).all()
-            self.assertEqual([(r.payload, r.target_users) for r in rows], [({"reason": "role changed"}, ["u7"])])
+            self.assertEqual([(r.payload["reason"], r.target_users) for r in rows], [("role changed", ["u7"])])
+            self.assertIsInstance(rows[0].payload["revoked_at"], int)
             with Session(engine) as session:
                 with self.assertRaises(ValueError):
                     disconnect(session, [])
