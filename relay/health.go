@@ -71,6 +71,14 @@ func (r *Readiness) Check(ctx context.Context) error {
 			problems = append(problems, fmt.Sprintf("tailer has not read the table for %s", time.Since(last).Round(time.Second)))
 		}
 	}
+	// The dispatch position is read before the head: the hub only ever
+	// dispatches what was sequenced, so read in this order it is never
+	// ahead unless the database went back. (Read after, it often was: the
+	// events sequenced during the query had reached the hub.)
+	var dispatched int64
+	if r.Dispatched != nil {
+		dispatched = r.Dispatched()
+	}
 	var head int64
 	var epoch string
 	var pendingAge, sinceBatch *float64
@@ -81,10 +89,8 @@ func (r *Readiness) Check(ctx context.Context) error {
 	if r.Epoch != nil && r.Epoch() != epoch {
 		problems = append(problems, "the database holds another outbox history (restored or recreated); rebasing")
 	}
-	if r.Dispatched != nil {
-		if d := r.Dispatched(); d > head {
-			problems = append(problems, fmt.Sprintf("dispatch position %d is ahead of the database head %d", d, head))
-		}
+	if r.Dispatched != nil && dispatched > head {
+		problems = append(problems, fmt.Sprintf("dispatch position %d is ahead of the database head %d", dispatched, head))
 	}
 	stall := r.StallAfter.Seconds()
 	if pendingAge != nil && *pendingAge > stall && (sinceBatch == nil || *sinceBatch > stall) {

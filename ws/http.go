@@ -26,7 +26,7 @@ func (h *Hub) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	mux.HandleFunc("GET /readyz", h.handleReady)
+	mux.Handle("GET /readyz", h.ReadyHandler(false))
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -333,8 +333,41 @@ func (h *Hub) handleTestToken(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"token": tok})
 }
 
-func (h *Hub) handleReady(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+// ReadyHandler serves /readyz: 200 {"status":"ok"} or 503
+// {"status":"unavailable"}, the checks named only when detail is set (the
+// admin address): positions and errors are not the public's. A result is
+// reused for readyTTL, so that probes — a load balancer's every few
+// hundred milliseconds, or a flood — cost the database one check a second.
+func (h *Hub) ReadyHandler(detail bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		status, checks := h.readiness(r.Context())
+		word := "ok"
+		if status != http.StatusOK {
+			word = "unavailable"
+		}
+		body := map[string]any{"status": word}
+		if detail {
+			body["checks"] = checks
+		}
+		writeJSON(w, status, body)
+	})
+}
+
+// readyTTL is how long one readiness check is reused.
+const readyTTL = time.Second
+
+// readiness runs the checks, or returns the last result within readyTTL.
+// A change of verdict is logged with its reasons.
+func (h *Hub) readiness(parent context.Context) (int, map[string]string) {
+	h.ready.mu.Lock()
+	defer h.ready.mu.Unlock()
+	if h.closing.Load() {
+		return http.StatusServiceUnavailable, map[string]string{"hub": "shutting down"}
+	}
+	if !h.ready.at.IsZero() && time.Since(h.ready.at) < readyTTL {
+		return h.ready.status, h.ready.checks
+	}
+	ctx, cancel := context.WithTimeout(parent, 2*time.Second)
 	defer cancel()
 	checks := map[string]string{}
 	status := http.StatusOK
@@ -352,13 +385,17 @@ func (h *Hub) handleReady(w http.ResponseWriter, r *http.Request) {
 			checks["relay"] = "ok"
 		}
 	}
-	if h.closing.Load() {
-		checks["hub"] = "shutting down"
-		status = http.StatusServiceUnavailable
+	if parent.Err() != nil {
+		// The prober went away: do not cache a verdict it cut short.
+		return status, checks
 	}
-	word := "ok"
-	if status != http.StatusOK {
-		word = "unavailable"
+	if was := h.ready.status; was != 0 && was != status {
+		if status == http.StatusOK {
+			h.cfg.Logger.Info("ready again")
+		} else {
+			h.cfg.Logger.Warn("not ready", "checks", checks)
+		}
 	}
-	writeJSON(w, status, map[string]any{"status": word, "checks": checks})
+	h.ready.at, h.ready.status, h.ready.checks = time.Now(), status, checks
+	return status, checks
 }

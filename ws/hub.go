@@ -88,6 +88,12 @@ type Hub struct {
 		st  relay.Status
 		err error
 	}
+	ready struct { // readiness's cache
+		mu     sync.Mutex
+		at     time.Time
+		status int
+		checks map[string]string
+	}
 }
 
 // New returns a Hub. auth and store are required.

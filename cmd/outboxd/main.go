@@ -335,7 +335,7 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if adminLn != nil {
 		ops = http.NewServeMux()
 		ops.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { mux.ServeHTTP(w, r) })
-		ops.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { mux.ServeHTTP(w, r) })
+		ops.Handle("GET /readyz", hub.ReadyHandler(true)) // with the checks: the admin address's
 	}
 	ops.Handle("GET /metrics", requireToken(cfg.AdminToken, tel.MetricsHandler))
 	ops.Handle("GET /ws/stats", requireToken(cfg.AdminToken, hub.StatsHandler()))
