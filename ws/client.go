@@ -524,27 +524,37 @@ func (c *client) catchUp(resume bool) {
 }
 
 // pageFromTable reads one page of entitled events after cursor and queues
-// them. The page holds a reservation on the hub's catch-up memory from the
-// read until its last frame is queued: twice its byte budget (its rows and
-// their frames; a read stops at the budget less one row of the largest
-// size). The budget starts at two rows of the largest size and doubles,
-// up to CatchUpPageBytes, while pages come back full: clients replaying
-// small events hold little, those replaying large ones get large pages.
-// done is true when the session ended or was cut.
+// them. The page is sized to the room left in the session's queue (its
+// payload bytes at most that room, with the row that crosses it): first it
+// waits until the queue is at most half full, then reads. It holds a
+// reservation on the hub's catch-up memory (twice its bound: rows, then
+// their frames) from the read until its frames are encoded, never while
+// they wait for the socket; and one user's pages hold at most
+// perUserCatchUp of it at once. So sessions that read slowly hold their
+// own queues' worth, not the memory an honest resume needs. The page
+// budget also starts at two rows of the largest size and doubles, up to
+// CatchUpPageBytes, while pages come back full. done is true when the
+// session ended or was cut.
 func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int64, topics []string, gen uint64,
 	buf []relay.Event) (scannedTo int64, _ []relay.Event, done, refiltered bool, err error) {
 	h := c.hub
+	room, ok := c.waitForPageRoom(ctx, wait)
+	if !ok {
+		return 0, buf, true, false, nil
+	}
 	budget := max(c.pageBudget, 2*maxRowBytes)
-	reserve := int64(2 * budget)
-	if err := h.catchUpMem.Acquire(ctx, reserve); err != nil {
+	maxBytes := max(min(budget-maxRowBytes, room), 1)
+	reserve := min(int64(2*(maxBytes+maxRowBytes)), h.perUserCatchUp())
+	release, err := h.catchUp.acquire(ctx, c.userID, reserve)
+	if err != nil {
 		return 0, buf, true, false, nil // ctx ended: the client went away
 	}
-	defer h.catchUpMem.Release(reserve)
 	page, buf, err := h.store.ReadEntitled(ctx, relay.ReplayQuery{
-		After: cursor, Span: catchUpBatch, MaxBytes: budget - maxRowBytes,
+		After: cursor, Span: catchUpBatch, MaxBytes: maxBytes,
 		User: c.userID, Roles: c.roles, Topics: topics, SkipEmpty: !c.noSkip,
 	}, buf)
 	if err != nil {
+		release()
 		return 0, buf, false, false, err
 	}
 	if len(buf) == 0 && page.Skipped < 4*catchUpBatch {
@@ -559,14 +569,20 @@ func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int
 	}
 	h.metrics.pagesTable.Add(1)
 	if page.PastRetention(cursor) {
+		release()
 		c.closeWith(ClosePastRetention, func() { c.dropped("past_retention") })
 		return 0, buf, true, false, nil
 	}
+	frames := make([][]byte, len(buf))
+	for i := range buf {
+		frames[i] = encodeEvent(&buf[i])
+		buf[i].Payload = nil // the frame has it now
+	}
+	release()
 	w := runWriter{c: c, ctx: ctx, wait: wait, gen: gen}
 	res := written
 	for i := 0; i < len(buf) && res == written; i++ {
-		res = w.add(buf[i].Seq, encodeEvent(&buf[i]), buf[i].Topic)
-		buf[i].Payload = nil // the frame has it now
+		res = w.add(buf[i].Seq, frames[i], buf[i].Topic)
 	}
 	if res == written {
 		res = w.flush()
@@ -578,6 +594,31 @@ func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int
 		return 0, buf, false, true, nil
 	}
 	return page.ScannedTo, buf, false, false, nil
+}
+
+// waitForPageRoom waits until the session's queue is at most half full of
+// event bytes and returns the room left; false if the session went away
+// or was cut for staying too far behind meanwhile.
+func (c *client) waitForPageRoom(ctx context.Context, wait *time.Timer) (int, bool) {
+	limit := int64(c.hub.cfg.SendBufferBytes)
+	for {
+		if queued := c.inflightBytes.Load(); queued <= limit/2 {
+			return int(limit - queued), true
+		}
+		wait.Reset(100 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return 0, false
+		case <-c.sent:
+		case <-wait.C:
+			c.mu.Lock()
+			cursor := c.cursor
+			c.mu.Unlock()
+			if c.tooFarBehind(cursor) {
+				return 0, false
+			}
+		}
+	}
 }
 
 // writeResult is how writing caught-up events ended.

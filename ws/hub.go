@@ -14,7 +14,6 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
-	"golang.org/x/sync/semaphore"
 
 	"github.com/grupogad/outboxd/internal/startstop"
 	"github.com/grupogad/outboxd/relay"
@@ -76,9 +75,9 @@ type Hub struct {
 	revoked revocations
 
 	connectLimiter *addrLimiter
-	// catchUpMem bounds the bytes all table catch-ups hold at once
-	// (Config.CatchUpMemory).
-	catchUpMem *semaphore.Weighted
+	// catchUp bounds the bytes table catch-ups hold at once
+	// (Config.CatchUpMemory), and one user's share of it.
+	catchUp    *catchUpMemory
 	handshakes atomic.Int32 // handshakes in flight (Limits.MaxHandshakes)
 	recent     *recentFrames
 
@@ -99,7 +98,7 @@ type Hub struct {
 // New returns a Hub. auth and store are required.
 func New(auth *Authenticator, store Store, cfg Config) *Hub {
 	cfg.setDefaults()
-	h := &Hub{cfg: cfg, auth: auth, store: store, catchUpMem: semaphore.NewWeighted(int64(cfg.CatchUpMemory)), metrics: newHubMetrics(cfg.MetricsTopicsMax), routes: newRouting(),
+	h := &Hub{cfg: cfg, auth: auth, store: store, catchUp: newCatchUpMemory(cfg.CatchUpMemory), metrics: newHubMetrics(cfg.MetricsTopicsMax), routes: newRouting(),
 		connectLimiter: newAddrLimiter(cfg.Limits.ConnectRate, cfg.Limits.ConnectBurst),
 		recent:         newRecentFrames(recentMaxEvents, recentMaxBytes)}
 	m := melody.New()
@@ -146,6 +145,9 @@ func New(auth *Authenticator, store Store, cfg Config) *Hub {
 	h.initTelemetry()
 	return h
 }
+
+// perUserCatchUp is the most one user's catch-up pages hold at once.
+func (h *Hub) perUserCatchUp() int64 { return h.catchUp.perUser }
 
 // sessionClient returns s's client. It reads s.Keys without melody's
 // session lock (Session.Get takes it, once per message sent): the map is
