@@ -62,10 +62,25 @@ func cmdEmit(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 	fs := newFlagSet("emit", "Insert one event into outbox.events (as outbox.Emit would, in its own transaction).", stderr)
 	topic := fs.String("topic", "", "event type, e.g. task_event (required)")
 	data := fs.String("data", "{}", "payload: a JSON object")
-	users := fs.String("users", "", "comma list of target user ids")
-	roles := fs.String("roles", "", "comma list of target roles (users and roles empty: everyone)")
+	users := fs.String("users", "", "comma list of target user ids (a union with --roles)")
+	roles := fs.String("roles", "", "comma list of target roles (a union with --users)")
+	broadcast := fs.Bool("broadcast", false, "send to every client (instead of --users/--roles)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	targeted := given["users"] || given["roles"]
+	ul, rl := splitList(*users), splitList(*roles)
+	switch {
+	case *broadcast && targeted:
+		return errors.New("--broadcast sends to everyone: give it without --users and --roles")
+	case !*broadcast && !targeted:
+		return errors.New("no targets: give --users and/or --roles, or --broadcast to send to every client")
+	case targeted && len(ul) == 0 && len(rl) == 0:
+		// The libraries' rule: an empty list reaches nobody. From the
+		// shell that is a mistake (an unset variable), never a broadcast.
+		return errors.New("--users and --roles are empty: the event would reach nobody; name targets, or pass --broadcast to send to every client")
 	}
 	pool, err := newPool(ctx, cfg, "", 0)
 	if err != nil {
@@ -73,14 +88,27 @@ func cmdEmit(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 	}
 	defer pool.Close()
 	id, err := outbox.Emit(ctx, pool, outbox.Event{
-		Topic: *topic, Data: json.RawMessage(*data), Users: splitList(*users), Roles: splitList(*roles),
-		Broadcast: *users == "" && *roles == "", // no targets given: everyone, as NULL in SQL
+		Topic: *topic, Data: json.RawMessage(*data), Users: targets(given["users"], ul), Roles: targets(given["roles"], rl),
+		Broadcast: *broadcast,
 	})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "emitted id %d\n", id)
 	return nil
+}
+
+// targets is a flag's list as the producer library takes it: nil (SQL
+// NULL, no such target) when the flag was not given, else the list, empty
+// or not (an empty array reaches nobody).
+func targets(given bool, list []string) []string {
+	if !given {
+		return nil
+	}
+	if list == nil {
+		return []string{}
+	}
+	return list
 }
 
 // cmdTail connects to an outboxd and prints every frame as a JSON line,

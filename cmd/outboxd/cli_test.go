@@ -84,7 +84,7 @@ func TestTailReceivesEmitAcrossRestart(t *testing.T) {
 	runCLI(t, db, "emit", "--topic", "efectivo_event", "--data", `{"n":2}`, "--roles", "LEVEL_1")
 	runCLI(t, db, "emit", "--topic", "task_event", "--data", `{"n":0}`, "--users", "someone-else")
 	p2 := startOutboxdAt(t, db, p.Addr)
-	runCLI(t, db, "emit", "--topic", "system_event", "--data", `{"n":3}`)
+	runCLI(t, db, "emit", "--topic", "system_event", "--data", `{"n":3}`, "--broadcast")
 	_ = p2
 	for _, want := range []struct {
 		typ string
@@ -114,7 +114,7 @@ func TestCLIHelpAndErrors(t *testing.T) {
 			t.Fatalf("%s --help: %v\n%s", sub, err, out)
 		}
 	}
-	out, err := exec.Command(binary, "emit", "--topic", "Bad Topic").CombinedOutput()
+	out, err := exec.Command(binary, "emit", "--topic", "Bad Topic", "--broadcast").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "invalid event") {
 		t.Fatalf("emit with a bad topic: %v %s", err, out)
 	}
@@ -125,5 +125,46 @@ func TestCLIHelpAndErrors(t *testing.T) {
 	out, _ = exec.Command(binary, "nonsense").CombinedOutput()
 	if !strings.Contains(string(out), `unknown command "nonsense"`) {
 		t.Fatalf("unknown command: %s", out)
+	}
+}
+
+// Empty targets never broadcast from the shell: --users "" --roles ""
+// (an unset variable, typically) is refused and inserts nothing; no
+// targets at all needs --broadcast; --broadcast with targets is refused.
+func TestEmitEmptyTargetsNeverBroadcast(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	runCLI(t, db, "migrate", "up")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--users", "", "--roles", ""}, "would reach nobody"},
+		{[]string{"--users", " , "}, "would reach nobody"},
+		{[]string{"--roles", ""}, "would reach nobody"},
+		{nil, "no targets"},
+		{[]string{"--broadcast", "--users", "u1"}, "without --users and --roles"},
+	} {
+		cmd := exec.Command(binary, append([]string{"emit", "--topic", "task_event"}, c.args...)...)
+		cmd.Env = []string{"DATABASE_URL=" + db.URL}
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.want) {
+			t.Errorf("emit %q: %v %s, want an error saying %q", c.args, err, out, c.want)
+		}
+	}
+	if n := db.Int64(t, `SELECT count(*) FROM outbox.events`); n != 0 {
+		t.Fatalf("%d rows inserted by refused emits", n)
+	}
+	runCLI(t, db, "emit", "--topic", "task_event", "--users", "u1", "--roles", "")
+	runCLI(t, db, "emit", "--topic", "task_event", "--broadcast")
+	var users, roles []string
+	if err := db.Pool.QueryRow(t.Context(), `SELECT target_users, target_roles FROM outbox.events ORDER BY id LIMIT 1`).Scan(&users, &roles); err != nil {
+		t.Fatal(err)
+	}
+	if len(users) != 1 || roles == nil || len(roles) != 0 {
+		t.Fatalf("--users u1 --roles \"\": stored users %v roles %#v, want [u1] and an empty set", users, roles)
+	}
+	if n := db.Int64(t, `SELECT count(*) FROM outbox.events WHERE target_users IS NULL AND target_roles IS NULL`); n != 1 {
+		t.Fatalf("%d broadcasts, want the one --broadcast", n)
 	}
 }

@@ -129,7 +129,7 @@ func TestFastAPIAppInChromium(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = app.Process.Kill(); _ = app.Wait() })
 	eventually(t, 30*time.Second, func() bool {
-		resp, err := http.Get("http://" + appAddr + "/api/users")
+		resp, err := http.Get("http://" + appAddr + "/api/login/users")
 		if err != nil {
 			return false
 		}
@@ -138,6 +138,7 @@ func TestFastAPIAppInChromium(t *testing.T) {
 	}, func() string { return "the app did not start:\n" + appLog.String() })
 	admin := loginApp(t, "http://"+appAddr, "admin")
 	admin.must("POST", "/api/tasks", map[string]string{"title": "Antes de abrir", "assignee": "op2"})
+	checkAppAuthorization(t, "http://"+appAddr, admin)
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromiumPath()), chromedp.Flag("headless", true),
 		chromedp.NoSandbox, chromedp.DisableGPU, chromedp.Flag("disable-background-networking", true),
@@ -249,5 +250,43 @@ func TestFastAPIAppInChromium(t *testing.T) {
 	png, err := chromedp.Run(operator.ctx, chromedp.FullScreenshot(100))
 	if err == nil {
 		_ = os.WriteFile(filepath.Join(artifactsDir(t), "fastapi-app.png"), png, 0o644)
+	}
+}
+
+// checkAppAuthorization: every endpoint of the example checks the
+// caller's role, and without a login there is nothing to see.
+func checkAppAuthorization(t *testing.T, base string, admin *appAPI) {
+	t.Helper()
+	anon := &appAPI{t: t, base: base, c: &http.Client{Timeout: 10 * time.Second}}
+	op2 := loginApp(t, base, "op2")
+	sup := loginApp(t, base, "sup1")
+	for _, c := range []struct {
+		who          *appAPI
+		name         string
+		method, path string
+		body         any
+		want         int
+	}{
+		{anon, "anonymous", "GET", "/api/users", nil, 401},
+		{anon, "anonymous", "GET", "/api/state", nil, 401},
+		{op2, "an operator", "GET", "/api/users", nil, 403},
+		{op2, "an operator", "PATCH", "/api/efectivos/1", map[string]bool{"disponible": false}, 403},
+		{sup, "a supervisor", "POST", "/api/tasks", map[string]string{"title": "x", "assignee": "op1"}, 403},
+		{sup, "a supervisor", "PATCH", "/api/tasks/1", map[string]string{"status": "done"}, 403},
+		{op2, "an operator", "POST", "/api/admin/users/op1/role", map[string]string{"role": "ADMIN"}, 403},
+	} {
+		if code, body := c.who.do(c.method, c.path, c.body); code != c.want {
+			t.Errorf("%s: %s %s → %d %s, want %d", c.name, c.method, c.path, code, body, c.want)
+		}
+	}
+	if code, body := admin.do("GET", "/api/users", nil); code != 200 {
+		t.Errorf("admin: GET /api/users → %d %s", code, body)
+	}
+	// Outside development the app does not start on the public keys.
+	check := exec.Command(pythonPath(), "-c", "import app")
+	check.Dir = filepath.Join("..", "..", "examples", "fastapi-app")
+	check.Env = append(os.Environ(), "APP_ENV=production", "SECRET_KEY=", "APP_SESSION_KEY=")
+	if out, err := check.CombinedOutput(); err == nil || !strings.Contains(string(out), "APP_SESSION_KEY") {
+		t.Errorf("APP_ENV=production without keys: %v %s", err, out)
 	}
 }

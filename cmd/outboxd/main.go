@@ -59,7 +59,7 @@ Usage:
   outboxd                          run the sidecar
   outboxd migrate [up|down|status] manage the outbox schema
   outboxd token [--sub --roles --ttl]            mint a development token
-  outboxd emit --topic T [--data --users --roles] insert an event
+  outboxd emit --topic T [--data] --users/--roles | --broadcast   insert an event
   outboxd tail [--url --token --since --count]   print events from a running outboxd
   outboxd version                  print the version
 

@@ -18,7 +18,17 @@ What a team has to get right, and where it is done here:
   returns the provider's access token.
 * Permission changes: the admin action changes a user's role and calls
   outbox.disconnect in the same transaction; the user's pages are cut with
-  4003, ask for a new token and see what the new role allows.
+  4003, ask for a new token and see what the new role allows — and the
+  tokens they held are refused from then on (outbox.disconnect records a
+  revocation: a token issued before it no longer connects).
+
+The LOGIN IS A DEVELOPMENT STAND-IN: POST /api/login takes a user id and no
+password, and exists only with APP_ENV=development (the default). Put your
+own authentication there. Outside development the app refuses to start
+without SECRET_KEY and APP_SESSION_KEY, and its cookie is Secure. Every
+endpoint checks the caller's role: operators (LEVEL_1) create and move
+tasks, supervisors (LEVEL_2) change efectivos, an assignee may move their
+own task, ADMIN does everything.
 """
 import os
 import sys
@@ -38,11 +48,18 @@ from outbox import disconnect, install_hooks, queue_event, track  # noqa: E402
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres").replace(
     "postgres://", "postgresql://", 1)
-# The key outboxd verifies tokens with (its SECRET_KEY); outboxd's built-in
-# development key when unset, so that `make demo` works as it is.
-SECRET_KEY = os.environ.get("SECRET_KEY", "outboxd-development-secret-change-me")
+# development (the default): the development login, development keys, a
+# cookie that also works over http://127.0.0.1. Anything else: none of them.
+APP_ENV = os.environ.get("APP_ENV", "development")
+DEVELOPMENT = APP_ENV == "development"
+# The key outboxd verifies tokens with (its SECRET_KEY); in development
+# outboxd's built-in development key when unset, so that `make demo` works.
+SECRET_KEY = os.environ.get("SECRET_KEY") or ("outboxd-development-secret-change-me" if DEVELOPMENT else None)
 # The app's own key for its session cookie: not outboxd's.
-SESSION_KEY = os.environ.get("APP_SESSION_KEY", "fastapi-app-session-key-change-me")
+SESSION_KEY = os.environ.get("APP_SESSION_KEY") or ("fastapi-app-session-key-change-me" if DEVELOPMENT else None)
+if not SECRET_KEY or not SESSION_KEY:
+    sys.exit("APP_ENV=%s: SECRET_KEY (outboxd's) and APP_SESSION_KEY (this app's cookie) are required; "
+             "the development keys are public" % APP_ENV)
 OUTBOXD_WS_URL = os.environ.get("OUTBOXD_WS_URL", "ws://127.0.0.1:8002/ws/connect")
 WS_TOKEN_TTL = int(os.environ.get("WS_TOKEN_TTL", "300"))
 STATUSES = ("pending", "in_progress", "blocked", "done")
@@ -139,24 +156,54 @@ def current_user(app_session: str = Cookie(default=None)) -> SimpleNamespace:
         return SimpleNamespace(id=user.id, name=user.name, role=user.role)
 
 
+def require_role(user, *roles):
+    """403 unless the user holds one of roles."""
+    if user.role not in roles:
+        raise HTTPException(403, "this needs the role " + " or ".join(roles))
+
+
 class Login(BaseModel):
     user: str
 
 
-@app.post("/api/login")
+def development_only():
+    if not DEVELOPMENT:
+        raise HTTPException(404, "the development login is off outside APP_ENV=development: authenticate your users here")
+
+
+def user_list(s):
+    return [{"id": u.id, "name": u.name, "role": u.role} for u in s.scalars(select(User).order_by(User.id))]
+
+
+@app.get("/api/login/users", dependencies=[Depends(development_only)])
+def login_choices(s: Session = Depends(db)):
+    """The development login's choices."""
+    return user_list(s)
+
+
+@app.post("/api/login", dependencies=[Depends(development_only)])
 def login(body: Login, response: Response, s: Session = Depends(db)):
-    """Development login: pick a user. A real app authenticates here."""
+    """DEVELOPMENT STAND-IN: pick a user, no password. A real app
+    authenticates here (and this endpoint does not exist outside
+    APP_ENV=development)."""
     user = s.get(User, body.user)
     if user is None:
         raise HTTPException(404, "no such user")
     cookie = jwt.encode({"sub": user.id, "exp": int(time.time()) + 8 * 3600}, SESSION_KEY, algorithm="HS256")
-    response.set_cookie("app_session", cookie, httponly=True, samesite="lax")
+    response.set_cookie("app_session", cookie, httponly=True, samesite="strict", secure=not DEVELOPMENT)
     return {"id": user.id, "name": user.name, "role": user.role}
 
 
+@app.post("/api/logout")
+def logout(response: Response):
+    response.delete_cookie("app_session", httponly=True, samesite="strict", secure=not DEVELOPMENT)
+    return {"ok": True}
+
+
 @app.get("/api/users")
-def users(s: Session = Depends(db)):
-    return [{"id": u.id, "name": u.name, "role": u.role} for u in s.scalars(select(User).order_by(User.id))]
+def users(user=Depends(current_user), s: Session = Depends(db)):
+    require_role(user, "ADMIN")
+    return user_list(s)
 
 
 @app.get("/api/me")
@@ -198,6 +245,7 @@ class NewTask(BaseModel):
 
 @app.post("/api/tasks", status_code=201)
 def create_task(body: NewTask, user=Depends(current_user), s: Session = Depends(db)):
+    require_role(user, "LEVEL_1", "ADMIN")
     with s.begin():
         task = Task(title=body.title, assignee=body.assignee)
         s.add(task)
@@ -218,6 +266,9 @@ def change_task(task_id: int, body: TaskChange, user=Depends(current_user), s: S
         task = s.get(Task, task_id)
         if task is None:
             raise HTTPException(404, "no such task")
+        # Operators and admins change any task; an assignee moves their own.
+        if user.role not in ("LEVEL_1", "ADMIN") and not (task.assignee == user.id and body.title is None):
+            raise HTTPException(403, "this needs the role LEVEL_1 or ADMIN, or to be the task's assignee (status only)")
         if body.title is not None:
             task.title = body.title
         if body.status is not None:
@@ -226,7 +277,7 @@ def change_task(task_id: int, body: TaskChange, user=Depends(current_user), s: S
         if task.status not in STATUSES:  # ...and refused: the transaction rolls back, no event
             raise HTTPException(422, f"status must be one of {', '.join(STATUSES)}")
         if body.status == "blocked":
-            queue_event(s, "system_event", {"level": "warning", "message": f"Tarea {task.id} bloqueada"})
+            queue_event(s, "system_event", {"level": "warning", "message": f"Tarea {task.id} bloqueada"}, broadcast=True)
         refresh_dashboard(s)
         row = task_row(task)
     return row
@@ -239,6 +290,7 @@ class EfectivoChange(BaseModel):
 @app.patch("/api/efectivos/{efectivo_id}")
 def change_efectivo(efectivo_id: int, body: EfectivoChange, user=Depends(current_user),
                     s: Session = Depends(db)):
+    require_role(user, "LEVEL_2", "ADMIN")
     with s.begin():
         e = s.get(Efectivo, efectivo_id)
         if e is None:
@@ -257,7 +309,7 @@ def change_role(user_id: str, body: RoleChange, admin=Depends(current_user), s: 
     """Change a user's role and cut their live sessions in the same commit:
     their pages get every event up to this one, are closed with 4003, ask
     for a new token (with the new role) and go on from there."""
-    if admin.role != "ADMIN":
+    if admin.role != "ADMIN":  # require_role, spelled out: the one place that changes rights
         raise HTTPException(403, "admins only")
     with s.begin():
         user = s.get(User, user_id)

@@ -15,7 +15,7 @@ Two ways to do it:
     # 2. queue it anywhere in the unit of work; install_hooks() emits every
     #    queued event in a before_commit hook, after the final flush
     install_hooks(Session)
-    queue_event(session, "efectivo_event", {"efectivo_id": 7, "disponible": False})
+    queue_event(session, "efectivo_event", {"efectivo_id": 7, "disponible": False}, broadcast=True)
     session.commit()
 
     # 3. declare it on the model: changes of tracked rows become events,
@@ -45,15 +45,28 @@ def set_traceparent_func(fn):
     _traceparent_func = fn
 
 
-def emit(session, topic, data, users=None, roles=None, traceparent=None):
+def _check_targets(where, users, roles, broadcast):
+    """Broadcasting is explicit: no targets at all is a mistake (a
+    forgotten argument, a callback that returned None), never everyone."""
+    if broadcast:
+        if users is not None or roles is not None:
+            raise ValueError("%s: broadcast=True sends to everyone; give it without users and roles" % where)
+    elif users is None and roles is None:
+        raise ValueError("%s: no targets: give users and/or roles (an empty list reaches nobody), "
+                         "or broadcast=True to send to every client" % where)
+
+
+def emit(session, topic, data, users=None, roles=None, traceparent=None, broadcast=False):
     """Insert one event through the session's connection and return its id.
 
     users: JWT "sub" values; roles: role names. A union. An empty list is an
-    empty set (a recipient query that found nobody reaches nobody); only
-    users=None AND roles=None (the defaults) broadcast to everyone.
+    empty set (a recipient query that found nobody reaches nobody).
+    broadcast=True, with neither users nor roles, sends to every client;
+    no targets without it is refused (ValueError).
     A bad topic or payload fails here, inside your transaction, with the name
     of the constraint it broke (e.g. events_topic_format_check).
     """
+    _check_targets("emit", users, roles, broadcast)
     return session.execute(
         _EMIT,
         {
@@ -81,17 +94,19 @@ def disconnect(session, users, reason="revoked"):
     session.execute(_DISCONNECT, {"users": users, "reason": reason})
 
 
-def queue_event(session, topic, data, users=None, roles=None):
-    """Remember an event to emit at commit (see install_hooks).
+def queue_event(session, topic, data, users=None, roles=None, broadcast=False):
+    """Remember an event to emit at commit (see install_hooks). Targets as
+    in emit(): broadcast=True, or users and/or roles.
 
     The session's transaction is begun here if it has not been yet, so that
     a rollback() that follows drops the event (with no transaction begun,
     SQLAlchemy's rollback() is a no-op that fires no event, and the event
     would leak into the next commit).
     """
+    _check_targets("queue_event", users, roles, broadcast)
     session.connection()
     tp = _traceparent_func() if _traceparent_func else None  # the span current now
-    session.info.setdefault(_QUEUE_KEY, []).append((topic, data, users, roles, tp))
+    session.info.setdefault(_QUEUE_KEY, []).append((topic, data, users, roles, tp, broadcast))
 
 
 _TRACKED = []  # TrackSpec, in declaration order
@@ -100,23 +115,27 @@ _ACTIONS = {"insert": "created", "update": "updated", "delete": "deleted"}
 
 
 class TrackSpec:
-    def __init__(self, model, topic, on, fields, users, roles, payload):
+    def __init__(self, model, topic, on, fields, users, roles, payload, broadcast):
         unknown = set(on) - set(_ACTIONS)
         if unknown:
             raise ValueError("track: on must be among insert, update, delete; got %s" % sorted(unknown))
+        _check_targets("track(%s)" % model.__name__, users, roles, broadcast)
         self.model, self.topic, self.on = model, topic, tuple(on)
         self.fields = tuple(fields) if fields is not None else None
-        self.users, self.roles, self.payload = users, roles, payload
+        self.users, self.roles, self.payload, self.broadcast = users, roles, payload, broadcast
 
 
-def track(model, topic, on=("insert", "update"), fields=None, users=None, roles=None, payload=None):
+def track(model, topic, on=("insert", "update"), fields=None, users=None, roles=None, payload=None, broadcast=False):
     """Declare that changes of `model` rows are events of `topic`.
 
     on:      which changes count: "insert", "update", "delete".
     fields:  for updates, only changes of these attributes count (default:
              any column); they are also the values an insert carries.
     users, roles: the targets, each a list or a callable(row) -> list. An
-             empty list reaches nobody; both None reaches everyone.
+             empty list reaches nobody. A callable that returns None fails
+             the commit (ValueError): return [] for nobody.
+    broadcast: True (with no users and roles) sends every change to every
+             client; without targets or it, track() refuses.
     payload: callable(row, action, changes) -> dict, action being "created",
              "updated" or "deleted" and changes {field: (old, new)}; by default
              {"action": "created"|"updated"|"deleted", "id": <primary key>,
@@ -128,7 +147,7 @@ def track(model, topic, on=("insert", "update"), fields=None, users=None, roles=
     first old value and the last new one); a rollback drops them. Call
     install_hooks(YourSessionClass) once.
     """
-    spec = TrackSpec(model, topic, on, fields, users, roles, payload)
+    spec = TrackSpec(model, topic, on, fields, users, roles, payload, broadcast)
     _TRACKED.append(spec)
     return spec
 
@@ -180,10 +199,15 @@ def _collect(session, flush_context):
                         del pending[key]
 
 
-def _targets(value, obj):
+def _targets(spec, which, value, obj):
     if value is None:
         return None
-    return list(value(obj) if callable(value) else value)
+    got = value(obj) if callable(value) else value
+    if got is None:
+        # A recipient lookup that found nothing: never everyone.
+        raise ValueError("track(%s): the %s callback returned None for %r; return a list ([] reaches nobody), "
+                         "or declare broadcast=True" % (spec.model.__name__, which, obj))
+    return list(got)
 
 
 def _default_payload(spec, obj, action, changes):
@@ -210,7 +234,8 @@ def _emit_tracked(session):
             data = spec.payload(obj, _ACTIONS[action], changes)
         else:
             data = _default_payload(spec, obj, action, changes)
-        emit(session, spec.topic, data, _targets(spec.users, obj), _targets(spec.roles, obj))
+        emit(session, spec.topic, data, _targets(spec, "users", spec.users, obj), _targets(spec, "roles", spec.roles, obj),
+             broadcast=spec.broadcast)
 
 
 def install_hooks(session_class):
@@ -228,8 +253,8 @@ def install_hooks(session_class):
         session.flush()
         _emit_tracked(session)
         queued = session.info.pop(_QUEUE_KEY, [])
-        for topic, data, users, roles, tp in queued:
-            emit(session, topic, data, users, roles, traceparent=tp)
+        for topic, data, users, roles, tp, broadcast in queued:
+            emit(session, topic, data, users, roles, traceparent=tp, broadcast=broadcast)
 
     @event.listens_for(session_class, "after_rollback")
     def _drop_queued(session):

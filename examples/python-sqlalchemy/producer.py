@@ -88,7 +88,7 @@ def run(url, count, rate, users):
                     task.status = rnd.choice([st for st in STATUSES if st != task.status])
                     # the after_flush listener queues the task_event
                 else:
-                    emit(s, "system_event", {"message": "no tasks yet"})
+                    emit(s, "system_event", {"message": "no tasks yet"}, broadcast=True)
             elif kind == 2:
                 ef = s.get(Efectivo, rnd.randint(1, 20))
                 ef.disponible = not ef.disponible

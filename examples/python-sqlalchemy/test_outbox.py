@@ -31,8 +31,20 @@ class EmitTargets(unittest.TestCase):
             return conn.execute(text("SELECT target_users, target_roles FROM outbox.events WHERE id = :id"),
                                 {"id": event_id}).one()
 
-    def test_no_targets_broadcast(self):
-        self.assertEqual(tuple(self.stored()), (None, None))
+    def test_broadcast_is_explicit(self):
+        self.assertEqual(tuple(self.stored(broadcast=True)), (None, None))
+        # No targets, or a None where a list belongs, never reaches everyone.
+        for bad in ({}, {"users": None, "roles": None}):
+            with Session(self.engine) as session, session.begin():
+                with self.assertRaisesRegex(ValueError, "no targets"):
+                    emit(session, "task_event", {"n": 1}, **bad)
+                with self.assertRaisesRegex(ValueError, "no targets"):
+                    queue_event(session, "task_event", {"n": 1}, **bad)
+        with Session(self.engine) as session, session.begin():
+            with self.assertRaisesRegex(ValueError, "without users and roles"):
+                emit(session, "task_event", {"n": 1}, users=["u1"], broadcast=True)
+        with self.assertRaisesRegex(ValueError, "no targets"):
+            track(TrackedTask, "task_event")
 
     def test_empty_lists_are_empty_sets_not_null(self):
         # A recipient query that found nobody must reach nobody.
@@ -108,6 +120,16 @@ class TrackedSession(Session):
 
 track(TrackedTask, "task_event", on=("insert", "update", "delete"), fields=("status",),
       roles=["LEVEL_1"], users=lambda t: [t.assignee])
+
+
+class TrackedNote(TrackBase):
+    """A row whose recipients come from a column that may be NULL."""
+    __tablename__ = "tracked_notes"
+    id = Column(BigInteger, Identity(always=True), primary_key=True)
+    acl = Column(String)
+
+
+track(TrackedNote, "notification", on=("insert",), users=lambda n: n.acl.split(",") if n.acl else None)
 install_hooks(TrackedSession)
 
 
@@ -131,6 +153,20 @@ class Track(unittest.TestCase):
     def setUp(self):
         with self.engine.connect() as conn:
             self.after = conn.execute(text("SELECT coalesce(max(id), 0) FROM outbox.events")).scalar_one()
+
+    def test_targets_callback_returning_none_fails_the_commit(self):
+        # users=lambda row: row.acl with acl NULL used to broadcast.
+        with TrackedSession(self.engine) as session:
+            session.add(TrackedNote(acl=None))
+            with self.assertRaisesRegex(ValueError, "users callback returned None"):
+                session.commit()
+        with TrackedSession(self.engine) as session:
+            session.add(TrackedNote(acl="u1,u2"))
+            session.commit()
+        with self.engine.connect() as conn:
+            rows = conn.execute(text("SELECT target_users, target_roles FROM outbox.events "
+                                     "WHERE id > :after AND topic = 'notification' ORDER BY id"), {"after": self.after}).all()
+        self.assertEqual([tuple(r) for r in rows], [(["u1", "u2"], None)])
 
     def test_lifecycle(self):
         with TrackedSession(self.engine) as session:
