@@ -155,6 +155,11 @@ func TestTimedOutBatchIsSplit(t *testing.T) {
 			t.Fatal("no batch timed out: the pile is too small for this host, or the split is gone")
 		}
 	}
+	// Readiness names the smaller batches (and stays green while they
+	// commit: checked below through FailingSince).
+	if d := (&Readiness{Sequencer: seq}).Degraded(); !strings.Contains(d, "after a batch timed out") {
+		t.Errorf("readiness while batches are split: %q", d)
+	}
 	col.waitFor(t, 2*time.Minute, "the ordinary event after the pile", hasID(id))
 	if _, err := seq.FailingSince(); err != nil {
 		t.Fatalf("sequencer failing after the pile: %v", err)

@@ -103,6 +103,18 @@ func (r *Readiness) Check(ctx context.Context) error {
 	return nil
 }
 
+// Degraded says how the relay works below its configuration while it is
+// still ready: the sequencer retrying smaller batches after a timeout.
+func (r *Readiness) Degraded() string {
+	if r.Sequencer == nil {
+		return ""
+	}
+	if n := r.Sequencer.BatchLimit(); n < r.Sequencer.cfg.BatchSize {
+		return fmt.Sprintf("sequencer batches at most %d rows (of %d) after a batch timed out; growing back", n, r.Sequencer.cfg.BatchSize)
+	}
+	return ""
+}
+
 func describeAge(s *float64) string {
 	if s == nil {
 		return "as long as rows are retained"

@@ -160,11 +160,11 @@ func (s *Store) ReadEntitled(ctx context.Context, q ReplayQuery, buf []Event) (P
 	}
 	defer rows.Close()
 	full := false
+	var created pgtype.Timestamptz
 	for rows.Next() {
 		var id, seq *int64
 		var topic *string
 		var payload []byte
-		var created pgtype.Timestamptz
 		if err := rows.Scan(&p.Head, &p.Oldest, &id, &seq, &topic, &payload, &created); err != nil {
 			return p, buf, err
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/grupogad/outboxd/internal/backoff"
@@ -481,9 +482,10 @@ func ReadAfter(ctx context.Context, q Querier, after int64, limit, maxBytes int,
 	}
 	defer rows.Close()
 	bytes := 0
+	var created pgtype.Timestamptz
 	for rows.Next() {
 		var e Event
-		if err := scanEvent(rows, &e); err != nil {
+		if err := scanEvent(rows, &e, &created); err != nil {
 			return buf, false, err
 		}
 		buf = append(buf, e)

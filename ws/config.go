@@ -88,7 +88,10 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 	MeterProvider  metric.MeterProvider
 	// Ready reports whether the relay is running, for /readyz.
-	Ready  func(ctx context.Context) error
+	Ready func(ctx context.Context) error
+	// Degraded, if set, says how the relay is working while still ready
+	// ("" when as configured): named in /readyz's detailed body.
+	Degraded func() string
 	Logger *slog.Logger
 }
 

@@ -385,6 +385,11 @@ func (h *Hub) readiness(parent context.Context) (int, map[string]string) {
 			checks["relay"] = "ok"
 		}
 	}
+	if h.cfg.Degraded != nil {
+		if d := h.cfg.Degraded(); d != "" {
+			checks["relay_degraded"] = d
+		}
+	}
 	if parent.Err() != nil {
 		// The prober went away: do not cache a verdict it cut short.
 		return status, checks

@@ -292,7 +292,7 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 			ConnectRate: cfg.ConnectRate, ConnectBurst: cfg.ConnectBurst,
 			MessageRate: cfg.ClientMessageRate, MessageBurst: cfg.ClientMessageBurst,
 		},
-		Ready: readiness.Check,
+		Ready: readiness.Check, Degraded: readiness.Degraded,
 	})
 	if err := hub.Start(ctx); err != nil {
 		return err
