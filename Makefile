@@ -14,8 +14,9 @@ db-up: ## Make sure the local PostgreSQL is running (starts it if down)
 	@scripts/ensure-postgres.sh
 
 .PHONY: test-deps
-test-deps: db-up ## Everything the tests need: PostgreSQL up, chromium, the Python example's packages, Jaeger
+test-deps: db-up ## Everything the tests need: PostgreSQL up, chromium, pgbouncer, the Python example's packages, Jaeger
 	@scripts/ensure-chromium.sh
+	@scripts/ensure-pgbouncer.sh
 	@scripts/ensure-python.sh
 	@scripts/ensure-jaeger.sh
 

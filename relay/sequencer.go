@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/grupogad/outboxd/internal/backoff"
+	"github.com/grupogad/outboxd/internal/pgconfig"
 	"github.com/grupogad/outboxd/internal/startstop"
 )
 
@@ -99,6 +100,15 @@ type SequencerConfig struct {
 	// one batch, one frame per batch session. When the frames are written
 	// within the pause (a host with CPU to spare) it costs one look.
 	Fanout Fanout
+	// Pooled says the pool goes through a transaction pooler (PgBouncer,
+	// LISTEN_DATABASE_URL set): the session settings are applied in each
+	// batch's transaction (pgconfig.LocalSettingsSQL), and WakeWhenIdle's
+	// session lock is held on a connection of SessionPool.
+	Pooled bool
+	// SessionPool, with Pooled, holds the connection WakeWhenIdle keeps:
+	// a session advisory lock needs a session of its own, which a
+	// transaction pooler does not give.
+	SessionPool *pgxpool.Pool
 	// HandoffBytes bounds the payload bytes handed off per batch
 	// (TailBatchBytesDefault): the rest of a larger batch is read from the
 	// table by the tailer.
@@ -479,7 +489,11 @@ func (s *Sequencer) acquire(ctx context.Context) (*pgxpool.Conn, error) {
 		return s.pool.Acquire(ctx)
 	}
 	if s.own == nil {
-		c, err := s.pool.Acquire(ctx)
+		p := s.pool
+		if s.cfg.SessionPool != nil {
+			p = s.cfg.SessionPool
+		}
+		c, err := p.Acquire(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -559,6 +573,9 @@ func (s *Sequencer) batch(ctx context.Context, conn *pgx.Conn, handoff *[]Event)
 	}
 	b := &pgx.Batch{}
 	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
+	if s.cfg.Pooled {
+		b.Queue(pgconfig.LocalSettingsSQL)
+	}
 	b.Queue(lockSQL)
 	rowLimit, costLimit := s.rowLimit.Load(), s.costLimit.Load()
 	b.Queue(sequenceSQL, rowLimit, limit, costLimit)
@@ -577,6 +594,11 @@ func (s *Sequencer) batch(ctx context.Context, conn *pgx.Conn, handoff *[]Event)
 	}()
 	if _, err := br.Exec(); err != nil {
 		return 0, false, fmt.Errorf("relay: sequencer begin: %w", err)
+	}
+	if s.cfg.Pooled {
+		if _, err := br.Exec(); err != nil {
+			return 0, false, fmt.Errorf("relay: sequencer settings: %w", err)
+		}
 	}
 	var pending bool
 	var last *int64

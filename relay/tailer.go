@@ -58,6 +58,10 @@ type TailerConfig struct {
 	// Rebaser).
 	Epoch  string
 	Logger *slog.Logger
+	// ListenPool, if set, is where the LISTEN connection comes from
+	// (LISTEN_DATABASE_URL): a direct connection when the tailer's pool
+	// goes through a transaction pooler, where LISTEN does not work.
+	ListenPool *pgxpool.Pool
 }
 
 func (c *TailerConfig) setDefaults() {
@@ -172,7 +176,11 @@ func (t *Tailer) listen(ctx context.Context) {
 			return
 		}
 		t.cfg.Logger.Warn("tailer listen connection lost; reconnecting", "err", err)
-		recoverPool(t.pool, err, t.cfg.Logger)
+		if t.cfg.ListenPool != nil {
+			recoverPool(t.cfg.ListenPool, err, t.cfg.Logger)
+		} else {
+			recoverPool(t.pool, err, t.cfg.Logger)
+		}
 		if !bo.Wait(ctx) {
 			return
 		}
@@ -181,7 +189,11 @@ func (t *Tailer) listen(ctx context.Context) {
 
 func (t *Tailer) listenOnce(ctx context.Context, bo *backoff.Backoff) error {
 	actx, cancel := context.WithTimeout(ctx, t.cfg.QueryTimeout)
-	pc, err := t.pool.Acquire(actx)
+	lp := t.pool
+	if t.cfg.ListenPool != nil {
+		lp = t.cfg.ListenPool
+	}
+	pc, err := lp.Acquire(actx)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("acquire: %w", err)

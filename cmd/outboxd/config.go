@@ -28,6 +28,11 @@ const DevSecretKey = "outboxd-development-secret-change-me"
 type Config struct {
 	// DatabaseURL is the PostgreSQL holding the outbox schema.
 	DatabaseURL string `env:"DATABASE_URL" envDefault:"postgres://postgres@localhost:5432/postgres?sslmode=disable"`
+	// ListenDatabaseURL (optional) is a direct connection to the same
+	// database for what a transaction pooler cannot carry: LISTEN,
+	// migrations (a session lock) and RELAY_WAKEUP=idle's session lock.
+	// Set, DATABASE_URL may point at PgBouncer in transaction mode.
+	ListenDatabaseURL string `env:"LISTEN_DATABASE_URL"`
 	// ListenAddr is the HTTP address.
 	ListenAddr string `env:"LISTEN_ADDR" envDefault:":8002"`
 	// Environment: production disables /ws/_test/* and requires
@@ -243,6 +248,10 @@ func fileLimit() (uint64, bool) {
 	return rl.Cur, true
 }
 
+// Pooled reports whether DATABASE_URL may be a transaction pooler
+// (LISTEN_DATABASE_URL is set).
+func (c *Config) Pooled() bool { return c.ListenDatabaseURL != "" }
+
 // Production reports whether ENVIRONMENT is production.
 func (c *Config) Production() bool { return c.Environment == "production" }
 
@@ -286,6 +295,9 @@ func (c *Config) validate() []string {
 	var p []string
 	if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 		p = append(p, "DATABASE_URL: want postgres://user@host:port/db")
+	}
+	if u, err := url.Parse(c.ListenDatabaseURL); c.ListenDatabaseURL != "" && (err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql")) {
+		p = append(p, "LISTEN_DATABASE_URL: want postgres://user@host:port/db (a direct connection, not through a pooler)")
 	}
 	if c.ListenAddr == "" || !strings.Contains(c.ListenAddr, ":") {
 		p = append(p, fmt.Sprintf("LISTEN_ADDR: %q is not host:port", c.ListenAddr))

@@ -129,12 +129,18 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 
 // newPool connects with the session settings of pgconfig.Apply; maxConns
 // 0 keeps pgxpool's default.
+// newPool opens a pool on DATABASE_URL: with LISTEN_DATABASE_URL set it
+// may be a transaction pooler, and gets pooler-safe settings.
 func newPool(ctx context.Context, cfg Config, name string, maxConns int) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
-	pgconfig.Apply(pc)
+	if cfg.Pooled() {
+		pgconfig.ApplyPooled(pc, cfg.DatabaseURL)
+	} else {
+		pgconfig.Apply(pc)
+	}
 	if name != "" {
 		pc.ConnConfig.RuntimeParams["application_name"] = "outboxd " + name
 	}
@@ -144,8 +150,24 @@ func newPool(ctx context.Context, cfg Config, name string, maxConns int) (*pgxpo
 	return pgxpool.NewWithConfig(ctx, pc)
 }
 
+// newSessionPool opens a pool of direct sessions: LISTEN_DATABASE_URL's
+// when set, else the same as newPool.
+func newSessionPool(ctx context.Context, cfg Config, name string, maxConns int) (*pgxpool.Pool, error) {
+	if !cfg.Pooled() {
+		return newPool(ctx, cfg, name, maxConns)
+	}
+	pc, err := pgxpool.ParseConfig(cfg.ListenDatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("LISTEN_DATABASE_URL: %w", err)
+	}
+	pgconfig.Apply(pc)
+	pc.ConnConfig.RuntimeParams["application_name"] = "outboxd " + name
+	pc.MaxConns = int32(maxConns)
+	return pgxpool.NewWithConfig(ctx, pc)
+}
+
 func migrate(ctx context.Context, cfg Config, args []string, stdout io.Writer, logger *slog.Logger) error {
-	pool, err := newPool(ctx, cfg, "", 0)
+	pool, err := newSessionPool(ctx, cfg, "migrate", 2)
 	if err != nil {
 		return err
 	}
@@ -262,8 +284,17 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if ctx.Err() != nil {
 		return nil // signalled while waiting: a clean stop
 	}
+	// LISTEN, migrations and RELAY_WAKEUP=idle's lock need sessions of
+	// their own: through a transaction pooler, LISTEN_DATABASE_URL's.
+	sessions := pool
+	if cfg.Pooled() {
+		if sessions, err = newSessionPool(ctx, cfg, "listen", 3); err != nil {
+			return err
+		}
+		defer sessions.Close()
+	}
 	if cfg.AutoMigrate {
-		if err := outboxsql.Up(ctx, pool, logger); err != nil {
+		if err := outboxsql.Up(ctx, sessions, logger); err != nil {
 			return err
 		}
 	}
@@ -304,12 +335,12 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		logger.Info("sequencer wake-up mode set", "mode", cfg.RelayWakeup)
 	}
 	var seq *relay.Sequencer
-	tail := relay.NewTailer(pool, hub, relay.TailerConfig{StartAfter: &head, Epoch: hub.Epoch(), BatchBytes: cfg.RelayBatchBytes,
+	tail := relay.NewTailer(pool, hub, relay.TailerConfig{StartAfter: &head, Epoch: hub.Epoch(), BatchBytes: cfg.RelayBatchBytes, ListenPool: sessions,
 		Logger: logger, OnPending: func() { seq.Wake() }})
 	seqCfg := relay.SequencerConfig{
 		BatchSize: cfg.RelayBatchSize, PollInterval: cfg.RelayPollInterval, MinPollInterval: cfg.RelayMinPollInterval,
 		Logger: logger, HandoffBytes: cfg.RelayBatchBytes, WakeWhenIdle: cfg.RelayWakeup == relay.WakeupIdle,
-		Fanout: hub,
+		Fanout: hub, Pooled: cfg.Pooled(), SessionPool: sessions,
 	}
 	if cfg.RelayHandoff {
 		seqCfg.Handoff = tail

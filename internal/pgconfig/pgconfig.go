@@ -3,8 +3,10 @@
 package pgconfig
 
 import (
+	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -38,3 +40,38 @@ func Apply(cfg *pgxpool.Config) {
 		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
 	}
 }
+
+// ApplyPooled is Apply for connections through a transaction pooler
+// (PgBouncer in transaction mode, with its default settings): the pooler
+// refuses startup parameters other than a few (application_name among
+// them) and may hand each transaction a different server session, so
+//
+//   - no statement_timeout, idle_in_transaction_session_timeout or jit at
+//     startup: the sequencer sets them with SET LOCAL in its transaction
+//     (relay.SequencerConfig.Pooled), every query has its own deadline,
+//     and docs/deployment.md sets them on the sidecar's role;
+//   - no named prepared statements (PgBouncer 1.18 does not track them):
+//     QueryExecModeExec, one round trip with an unnamed statement, unless
+//     the URL names another default_query_exec_mode.
+//
+// url is the connection string, to see what it already sets.
+func ApplyPooled(cfg *pgxpool.Config, url string) {
+	rp := cfg.ConnConfig.RuntimeParams
+	if _, ok := rp["application_name"]; !ok {
+		rp["application_name"] = "outboxd"
+	}
+	if !strings.Contains(url, "default_query_exec_mode") {
+		cfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
+	}
+	if cfg.MaxConns < 8 {
+		cfg.MaxConns = 8
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 || cfg.ConnConfig.ConnectTimeout > 5*time.Second {
+		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	}
+}
+
+// LocalSettingsSQL applies Apply's session settings to one transaction
+// (SET LOCAL), for a connection through a pooler.
+const LocalSettingsSQL = `SELECT set_config('statement_timeout', '30000', true),
+  set_config('idle_in_transaction_session_timeout', '30000', true), set_config('jit', 'off', true)`
