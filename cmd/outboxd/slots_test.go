@@ -102,9 +102,12 @@ func TestProductionDefaults(t *testing.T) {
 	if strings.Contains(withPage.Stderr.String(), "TRUSTED_PROXIES is empty") {
 		t.Errorf("warned with MAX_CONNS_PER_ADDRESS set")
 	}
-	dev := startOutboxd(t, db)
+	dev := startOutboxd(t, db, "MAX_OPEN_CONNS=100000000")
 	if code := httpStatus(t, "http://"+dev.Addr+"/"); code != http.StatusOK {
 		t.Errorf("GET / in development: %d", code)
+	}
+	if !strings.Contains(dev.Stderr.String(), "MAX_OPEN_CONNS is 100000000 but the process may open only") {
+		t.Errorf("no warning about MAX_OPEN_CONNS over the file limit:\n%s", dev.Stderr.String())
 	}
 }
 

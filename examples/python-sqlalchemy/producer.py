@@ -94,7 +94,8 @@ def run(url, count, rate, users):
                 ef.disponible = not ef.disponible
                 s.flush()
                 emit(s, "efectivo_event",
-                     {"action": "availability_changed", "efectivo_id": ef.id, "disponible": ef.disponible})
+                     {"action": "availability_changed", "efectivo_id": ef.id, "disponible": ef.disponible},
+                     broadcast=True)
             else:
                 open_tasks = s.scalar(select(func.count()).select_from(Task).where(Task.status != "done"))
                 emit(s, "dashboard_event", {"open_tasks": open_tasks}, roles=["admin"])
