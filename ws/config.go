@@ -92,7 +92,7 @@ type Config struct {
 	// Degraded, if set, says how the relay is working while still ready
 	// ("" when as configured): named in /readyz's detailed body.
 	Degraded func() string
-	Logger *slog.Logger
+	Logger   *slog.Logger
 }
 
 func (c *Config) setDefaults() {

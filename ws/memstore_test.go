@@ -16,16 +16,15 @@ import (
 	"github.com/grupogad/outboxd/relay"
 )
 
-// The hub's resume and catch-up logic against the in-memory store: no
-// PostgreSQL, the same frames.
-func TestHubAgainstMemoryStore(t *testing.T) {
-	t.Parallel()
-	store := memstore.New("e1")
+// newMemHub starts a hub over store, served by a test server; both stop
+// with the test.
+func newMemHub(t *testing.T, store *memstore.Store, cfg Config) (*Hub, *httptest.Server) {
+	t.Helper()
 	auth, err := NewAuthenticator(t.Context(), AuthConfig{SecretKey: testSecret})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := New(auth, store, Config{SendBuffer: 8})
+	h := New(auth, store, cfg)
 	if err := h.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -38,6 +37,15 @@ func TestHubAgainstMemoryStore(t *testing.T) {
 		_ = h.Stop(ctx)
 		srv.Close()
 	})
+	return h, srv
+}
+
+// The hub's resume and catch-up logic against the in-memory store: no
+// PostgreSQL, the same frames.
+func TestHubAgainstMemoryStore(t *testing.T) {
+	t.Parallel()
+	store := memstore.New("e1")
+	h, srv := newMemHub(t, store, Config{SendBuffer: 8})
 	mk := func(topic string, users, roles []string) relay.Event {
 		return relay.Event{Topic: topic, Payload: json.RawMessage(`{"x":1}`), Users: users, Roles: roles, CreatedAt: time.Now()}
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -131,23 +130,7 @@ func TestDisconnectRevokesOldTokens(t *testing.T) {
 func TestLateDisconnectSparesFreshTokens(t *testing.T) {
 	t.Parallel()
 	store := memstore.New("e1")
-	auth, err := NewAuthenticator(t.Context(), AuthConfig{SecretKey: testSecret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := New(auth, store, Config{})
-	if err := h.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	h.Routes(mux)
-	srv := httptest.NewServer(mux)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = h.Stop(ctx)
-		srv.Close()
-	})
+	h, srv := newMemHub(t, store, Config{})
 	dial := func(tok string) *wsClient {
 		t.Helper()
 		conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws/connect?token="+url.QueryEscape(tok), nil)
