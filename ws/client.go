@@ -781,16 +781,6 @@ func (c *client) topicList() []string {
 	return out
 }
 
-// wants reports whether the filter lets topic through; c.mu held, or the
-// hub lock (the filter changes only under both).
-func (c *client) wants(topic string) bool {
-	if c.topics == nil {
-		return true
-	}
-	_, ok := c.topics[topic]
-	return ok
-}
-
 func topicSet(topics []string) map[string]struct{} {
 	if topics == nil {
 		return nil

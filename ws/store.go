@@ -28,5 +28,3 @@ type Store interface {
 }
 
 var _ Store = (*relay.Store)(nil)
-
-const queryTimeout = 10 * time.Second

@@ -200,7 +200,7 @@ func TestFastAPIAppInChromium(t *testing.T) {
 	operator.wait("#banner", "reconnecting")
 	admin.must("POST", "/api/tasks", map[string]string{"title": "Mientras caído", "assignee": "op1"})
 	admin.must("PATCH", "/api/tasks/2", map[string]string{"status": "done"})
-	ox = startOutboxdAt(t, db, ox.Addr)
+	startOutboxdAt(t, db, ox.Addr)
 	operator.wait(`.col[data-status="done"]`, "Ronda norte")
 	operator.wait(`.col[data-status="pending"]`, "Mientras caído")
 	operator.wait("#banner", "live")
