@@ -1,48 +1,37 @@
 package relay
 
 import (
-	"context"
-	"encoding/json"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/grupogad/outboxd/stream"
 )
 
-// Event is a sequenced outbox row.
-type Event struct {
-	ID      int64
-	Seq     int64
-	Topic   string
-	Payload json.RawMessage
-	// Users and Roles are the targets: nil is SQL's NULL, empty an empty
-	// set. Only both nil reaches everyone.
-	Users       []string
-	Roles       []string
-	Traceparent string
-	CreatedAt   time.Time
-	// Malformed says a column could not be decoded as it is (created_at
-	// set to ±infinity by an UPDATE behind the relay's back, say): the
-	// event is still relayed, with CreatedAt the time it was read, so that
-	// no row is left pending or holds back the rows after it. The hub
-	// counts and logs it.
-	Malformed bool
-}
-
-// Broadcast reports whether the event goes to every client.
-func (e *Event) Broadcast() bool { return e.Users == nil && e.Roles == nil }
-
-// Dispatcher receives events in seq order. Dispatch may be called again with
-// events already dispatched (after a reconnect); implementations dedupe by
-// Seq. An error makes the tailer retry the same events after a backoff.
-type Dispatcher interface {
-	Dispatch(ctx context.Context, events []Event) error
-}
-
-// DispatcherFunc adapts a function to Dispatcher.
-type DispatcherFunc func(ctx context.Context, events []Event) error
-
-// Dispatch calls f.
-func (f DispatcherFunc) Dispatch(ctx context.Context, events []Event) error { return f(ctx, events) }
+// The stream's words live in the leaf package stream (which the hub
+// imports without the relay); the relay speaks them under its own names.
+type (
+	// Event is a sequenced outbox row (stream.Event).
+	Event = stream.Event
+	// Dispatcher receives events in seq order (stream.Dispatcher).
+	Dispatcher = stream.Dispatcher
+	// DispatcherFunc adapts a function to Dispatcher.
+	DispatcherFunc = stream.DispatcherFunc
+	// Rebaser follows the relay onto another history (stream.Rebaser).
+	Rebaser = stream.Rebaser
+	// Fanout reports the local fan-out's backlog (stream.Fanout).
+	Fanout = stream.Fanout
+	// History is a head and its epoch (stream.History).
+	History = stream.History
+	// Position is a head and the oldest retained seq (stream.Position).
+	Position = stream.Position
+	// ReplayQuery is a replay read (stream.ReplayQuery).
+	ReplayQuery = stream.ReplayQuery
+	// Page is what a replay read covered (stream.Page).
+	Page = stream.Page
+	// Status is the relay's position for /ws/stats (stream.Status).
+	Status = stream.Status
+)
 
 // selectEvents is the column list scanEvent reads.
 const selectEvents = `SELECT id, seq, topic, payload, target_users, target_roles,
@@ -58,7 +47,7 @@ func scanEvent(r scanner, e *Event, created *pgtype.Timestamptz) error {
 		return err
 	}
 	e.Payload = payload
-	e.setCreatedAt(*created)
+	setCreatedAt(e, *created)
 	return nil
 }
 
@@ -66,7 +55,7 @@ func scanEvent(r scanner, e *Event, created *pgtype.Timestamptz) error {
 // 00010), but a table owner's UPDATE can still store ±infinity, which no
 // time.Time holds. Scanning into time.Time failed the whole read, and the
 // tailer retried it for ever: every replica stopped delivering.
-func (e *Event) setCreatedAt(ts pgtype.Timestamptz) {
+func setCreatedAt(e *Event, ts pgtype.Timestamptz) {
 	if ts.Valid && ts.InfinityModifier == pgtype.Finite {
 		e.CreatedAt = ts.Time.UTC()
 		return

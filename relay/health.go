@@ -8,14 +8,6 @@ import (
 	"time"
 )
 
-// History is the database's current position and the identity of its
-// history (see migration 00003: a restored or recreated database is another
-// history, and seqs from one mean nothing in the other).
-type History struct {
-	Head  int64
-	Epoch string
-}
-
 // ReadHistory reads relay_state's head and epoch.
 func ReadHistory(ctx context.Context, q Querier) (History, error) {
 	var h History

@@ -371,13 +371,6 @@ FROM outbox.relay_state WHERE xmax = xid(pg_current_xact_id_if_assigned())`
 // whose COMMIT lands after the probe is in neither: the next poll finds it.)
 var idleSQL = []string{`SELECT pg_advisory_unlock(` + idleWakeKey + `)`, pendingSQL}
 
-// Fanout reports the local fan-out's backlog.
-type Fanout interface {
-	// Unwritten is how many frames are queued to the sessions and not yet
-	// written to their sockets.
-	Unwritten() int
-}
-
 // FanoutSlack is the backlog of frames (Fanout) the sequencer starts its
 // next batch over; FanoutWait bounds how much longer than its pause it
 // waits for a larger one to shrink, and fanoutStep is how often it looks.
@@ -634,7 +627,7 @@ func (s *Sequencer) batch(ctx context.Context, conn *pgx.Conn, handoff *[]Event)
 			continue
 		}
 		e.Payload = payload
-		e.setCreatedAt(created)
+		setCreatedAt(&e, created)
 		*handoff = append(*handoff, e)
 	}
 	rows.Close()

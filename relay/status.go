@@ -5,21 +5,6 @@ import (
 	"time"
 )
 
-// Status is the relay's position, as /ws/stats reports it.
-type Status struct {
-	// HeadSeq is the last assigned seq.
-	HeadSeq int64 `json:"head_seq"`
-	// OldestSeq is the oldest retained seq (0 when the table is empty):
-	// clients can resume from OldestSeq-1.
-	OldestSeq int64 `json:"oldest_seq"`
-	// Pending counts rows not yet sequenced.
-	Pending int64 `json:"pending"`
-	// Lag is the age in seconds of the oldest pending row (0 when none).
-	Lag float64 `json:"lag"`
-	// Epoch identifies the history the seqs belong to (outbox.epoch()).
-	Epoch string `json:"epoch"`
-}
-
 // OldestSeqSQL is a scalar subquery for the oldest retained seq (NULL when
 // none). ORDER BY … LIMIT 1 walks the seq index from its low end and stops
 // at the first entry; min(seq) may instead be planned as an aggregate over

@@ -24,52 +24,6 @@ type Store struct {
 // NewStore returns a Store working through pool.
 func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool, timeout: QueryTimeoutDefault} }
 
-// Position is the head and the oldest retained seq (0 when the table
-// holds no sequenced row), read in one snapshot.
-type Position struct {
-	Head   int64
-	Oldest int64
-}
-
-// PastRetention reports whether events after cursor may have been deleted.
-func (p Position) PastRetention(cursor int64) bool {
-	if p.Oldest == 0 {
-		return cursor < p.Head
-	}
-	return cursor < p.Oldest-1
-}
-
-// ReplayQuery asks for the events a client is entitled to in the seq range
-// (After, After+Span], capped at the head, and at most MaxBytes of payload
-// (always at least one event).
-type ReplayQuery struct {
-	After    int64
-	Span     int
-	MaxBytes int
-	User     string
-	Roles    []string
-	// Topics is the client's topic filter (nil: every topic).
-	Topics []string
-	// SkipEmpty: when the range holds nothing for the client, ask the
-	// entitlement indexes (migration 00005) for the next seq it may see
-	// and cover everything before it. Cheap for a client entitled to
-	// little; for one entitled to much of the table the index lookup costs
-	// more than a range, so the hub stops asking once a skip gains little.
-	SkipEmpty bool
-}
-
-// Page is what a replay read covered.
-type Page struct {
-	Position
-	// ScannedTo is the last seq the read covered: every entitled event up
-	// to it was returned.
-	ScannedTo int64
-	// Bytes is the payload bytes returned.
-	Bytes int
-	// Skipped is how many seqs past the range a SkipEmpty lookup covered.
-	Skipped int64
-}
-
 // History reads the head and epoch.
 func (s *Store) History(ctx context.Context) (History, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
@@ -172,7 +126,7 @@ func (s *Store) ReadEntitled(ctx context.Context, q ReplayQuery, buf []Event) (P
 			continue
 		}
 		e := Event{ID: *id, Seq: *seq, Topic: *topic, Payload: payload}
-		e.setCreatedAt(created)
+		setCreatedAt(&e, created)
 		buf = append(buf, e)
 		p.Bytes += len(payload)
 		if q.MaxBytes > 0 && p.Bytes >= q.MaxBytes {

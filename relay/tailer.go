@@ -122,15 +122,6 @@ type Tailer struct {
 	handedOff, read atomic.Int64
 }
 
-// Rebaser is implemented by a Dispatcher that can follow the tailer onto
-// another history: the database was restored or recreated, so the seqs it
-// has delivered mean nothing any more. Rebase is called from the tailer's
-// loop, between Dispatch calls, with the new history's epoch and head;
-// dispatching then continues after head.
-type Rebaser interface {
-	Rebase(ctx context.Context, epoch string, head int64)
-}
-
 // LastRead returns when a read of the table last succeeded.
 func (t *Tailer) LastRead() time.Time { return time.Unix(0, t.lastRead.Load()) }
 

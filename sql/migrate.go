@@ -8,9 +8,12 @@ package sql
 
 import (
 	"context"
+	"crypto/sha256"
 	stdsql "database/sql"
 	"embed"
+	"encoding/hex"
 	"fmt"
+	"io/fs"
 	"log/slog"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -21,6 +24,20 @@ import (
 
 //go:embed *.sql
 var migrations embed.FS
+
+// Fingerprint is a hash of every embedded migration (names and contents):
+// equal fingerprints, equal schemas. Test helpers key migrated template
+// databases by it.
+func Fingerprint() string {
+	h := sha256.New()
+	entries, _ := fs.ReadDir(migrations, ".") // the embedded root always reads
+	for _, e := range entries {
+		b, _ := fs.ReadFile(migrations, e.Name())
+		fmt.Fprintf(h, "%s\x00%d\x00", e.Name(), len(b))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
 
 // VersionTable is the name of goose's version table.
 const VersionTable = "outboxd_schema_version"

@@ -15,7 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
-	"github.com/grupogad/outboxd/relay"
+	"github.com/grupogad/outboxd/stream"
 )
 
 // frameWriter queues a text frame without blocking (melody.Session.Write).
@@ -444,7 +444,7 @@ func (c *client) catchUp(resume bool) {
 		return
 	}
 	var bo backoff.Backoff
-	var buf []relay.Event // allocated on the first table read only
+	var buf []stream.Event // allocated on the first table read only
 	var memBuf []recentItem
 	var run []caughtUp
 	wait := time.NewTimer(time.Hour)
@@ -495,7 +495,7 @@ func (c *client) catchUp(resume bool) {
 		}
 		if !fromMemory {
 			if buf == nil {
-				buf = make([]relay.Event, 0, catchUpBatch)
+				buf = make([]stream.Event, 0, catchUpBatch)
 			}
 			var err error
 			var done bool
@@ -536,7 +536,7 @@ func (c *client) catchUp(resume bool) {
 // CatchUpPageBytes, while pages come back full. done is true when the
 // session ended or was cut.
 func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int64, topics []string, gen uint64,
-	buf []relay.Event) (scannedTo int64, _ []relay.Event, done, refiltered bool, err error) {
+	buf []stream.Event) (scannedTo int64, _ []stream.Event, done, refiltered bool, err error) {
 	h := c.hub
 	room, ok := c.waitForPageRoom(ctx, wait)
 	if !ok {
@@ -549,7 +549,7 @@ func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int
 	if err != nil {
 		return 0, buf, true, false, nil // ctx ended: the client went away
 	}
-	page, buf, err := h.store.ReadEntitled(ctx, relay.ReplayQuery{
+	page, buf, err := h.store.ReadEntitled(ctx, stream.ReplayQuery{
 		After: cursor, Span: catchUpBatch, MaxBytes: maxBytes,
 		User: c.userID, Roles: c.roles, Topics: topics, SkipEmpty: !c.noSkip,
 	}, buf)

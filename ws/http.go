@@ -12,7 +12,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
-	"github.com/grupogad/outboxd/relay"
+	"github.com/grupogad/outboxd/stream"
 )
 
 // Routes registers the hub's public endpoints on mux: /ws/connect,
@@ -155,7 +155,7 @@ type Stats struct {
 
 // RelayStats is the relay's position as seen by this replica.
 type RelayStats struct {
-	relay.Status
+	stream.Status
 	// DispatchedSeq is the last seq this replica's hub delivered.
 	DispatchedSeq int64  `json:"dispatched_seq"`
 	Error         string `json:"error,omitempty"`
@@ -206,7 +206,7 @@ const statusTTL = time.Second
 
 // relayStatus reads the relay's status from the database at most once per
 // statusTTL; concurrent callers wait for the one read under way.
-func (h *Hub) relayStatus(ctx context.Context) (relay.Status, error) {
+func (h *Hub) relayStatus(ctx context.Context) (stream.Status, error) {
 	h.status.mu.Lock()
 	defer h.status.mu.Unlock()
 	if !h.status.at.IsZero() && time.Since(h.status.at) < statusTTL {

@@ -16,13 +16,13 @@ import (
 	"github.com/olahol/melody"
 
 	"github.com/grupogad/outboxd/internal/startstop"
-	"github.com/grupogad/outboxd/relay"
+	"github.com/grupogad/outboxd/stream"
 )
 
 const clientKey = "outboxd.client"
 
 // Hub is the WebSocket side of outboxd: it authenticates connections,
-// routes relayed events to them and implements relay.Dispatcher.
+// routes relayed events to them and implements stream.Dispatcher.
 type Hub struct {
 	startstop.Base
 	cfg     Config
@@ -84,7 +84,7 @@ type Hub struct {
 	status struct { // relayStatus's cache
 		mu  sync.Mutex
 		at  time.Time
-		st  relay.Status
+		st  stream.Status
 		err error
 	}
 	ready struct { // readiness's cache
@@ -189,7 +189,7 @@ func (h *Hub) Epoch() string {
 	return ""
 }
 
-// Rebase follows the relay onto another history (relay.Rebaser): the
+// Rebase follows the relay onto another history (stream.Rebaser): the
 // database was restored or recreated. Every session is closed with 1012;
 // resuming with its old epoch, each is told to resync, and none is replayed
 // events of the new history under seqs it saw in the old one.
@@ -206,7 +206,7 @@ func (h *Hub) Rebase(_ context.Context, epoch string, head int64) {
 	}
 }
 
-var _ relay.Rebaser = (*Hub)(nil)
+var _ stream.Rebaser = (*Hub)(nil)
 
 // sessionsLocked copies every session; the hub lock is held.
 func (h *Hub) sessionsLocked() []*client {
@@ -262,12 +262,12 @@ func (h *Hub) sweepExpired(ctx context.Context) {
 }
 
 // Dispatch delivers events (in seq order) to their recipients. It is the
-// relay.Dispatcher; events at or below the last dispatched seq are skipped.
+// stream.Dispatcher; events at or below the last dispatched seq are skipped.
 //
 // The hub lock is held only to copy each event's recipients, never while
 // frames are queued: a connect or disconnect waits for one copy at most,
 // not for a whole batch's fan-out.
-func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
+func (h *Hub) Dispatch(ctx context.Context, events []stream.Event) error {
 	if len(events) == 0 {
 		return nil
 	}
@@ -331,7 +331,7 @@ func (h *Hub) Dispatch(ctx context.Context, events []relay.Event) error {
 
 // fanOut hands one event's frame to each of its recipients and returns how
 // many queued it. fanMu covers the copy and the hand-over (see fanMu).
-func (h *Hub) fanOut(e *relay.Event, frame []byte) int {
+func (h *Hub) fanOut(e *stream.Event, frame []byte) int {
 	h.fanMu.Lock()
 	defer h.fanMu.Unlock()
 	recipients := 0
@@ -350,7 +350,7 @@ func (h *Hub) fanOut(e *relay.Event, frame []byte) int {
 // Unwritten is how many frames melody holds for the hub's sessions,
 // queued and not yet written (each session's inflight, which counts a
 // batch session's pending frame too): the fan-out's backlog, which the
-// sequencer lets shrink before its next batch (relay.Fanout). It is not on
+// sequencer lets shrink before its next batch (stream.Fanout). It is not on
 // the per-frame path, but it runs once per partial batch, under the read
 // lock: it reads at most unwrittenSample sessions — all of them up to
 // that, beyond it a sample in the map's random order, scaled up. Reading
@@ -377,7 +377,7 @@ func (h *Hub) Unwritten() int {
 const unwrittenSample = 256
 
 // control acts on a control row (topic outboxd.*), in seq order.
-func (h *Hub) control(e *relay.Event) {
+func (h *Hub) control(e *stream.Event) {
 	if e.Topic != TopicDisconnect {
 		h.cfg.Logger.Warn("unknown control row ignored", "topic", e.Topic, "seq", e.Seq)
 		return
@@ -417,7 +417,7 @@ func (h *Hub) control(e *relay.Event) {
 // recipientsOf copies e's recipients under the hub's read lock: every
 // session for a broadcast (a copy kept until a session comes or goes), or
 // the union of its users' and roles' sessions. Dispatch's goroutine only.
-func (h *Hub) recipientsOf(e *relay.Event) []*client {
+func (h *Hub) recipientsOf(e *stream.Event) []*client {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	h.routedSeq = e.Seq
@@ -444,7 +444,7 @@ func (h *Hub) recipientsOf(e *relay.Event) []*client {
 	return h.targeted
 }
 
-var _ relay.Dispatcher = (*Hub)(nil)
+var _ stream.Dispatcher = (*Hub)(nil)
 
 func (h *Hub) onConnect(s *melody.Session) {
 	c := sessionClient(s)

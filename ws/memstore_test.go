@@ -110,3 +110,10 @@ func TestHubAgainstMemoryStore(t *testing.T) {
 		t.Fatalf("frame %+v (%+v), want resync_required (retention, 101)", f, d)
 	}
 }
+
+// Both stores are ws.Stores: the relay's over PostgreSQL, memstore's in
+// memory. (Here, in a test: ws itself does not import the relay.)
+var (
+	_ Store = (*relay.Store)(nil)
+	_ Store = (*memstore.Store)(nil)
+)

@@ -11,7 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/grupogad/outboxd/relay"
+	"github.com/grupogad/outboxd/stream"
 )
 
 // Message types sent by the server besides event topics.
@@ -82,7 +82,7 @@ func formatTime(t time.Time) string { return t.UTC().Format(timestampLayout) }
 
 // encodeEvent renders an event envelope once, for every recipient:
 // {"type":topic,"seq":N,"id":N,"timestamp":"…","data":payload}.
-func encodeEvent(e *relay.Event) []byte {
+func encodeEvent(e *stream.Event) []byte {
 	b := make([]byte, 0, 80+len(e.Topic)+len(e.Payload))
 	b = append(b, `{"type":`...)
 	b = strconv.AppendQuote(b, e.Topic) // topics are [a-z0-9_.-]: quoting is exact JSON

@@ -15,7 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/grupogad/outboxd/observability"
-	"github.com/grupogad/outboxd/relay"
+	"github.com/grupogad/outboxd/stream"
 )
 
 const scope = "github.com/grupogad/outboxd/ws"
@@ -123,7 +123,7 @@ func (h *Hub) initTelemetry() {
 
 // startProcessSpan starts the consumer span of one relayed event, linked to
 // the producer's trace when the row carries one.
-func (h *Hub) startProcessSpan(ctx context.Context, e *relay.Event) trace.Span {
+func (h *Hub) startProcessSpan(ctx context.Context, e *stream.Event) trace.Span {
 	if !h.tel.spans {
 		return noSpan
 	}
