@@ -166,7 +166,7 @@ func TestBatchedFrameJoinedOncePerDistinctSet(t *testing.T) {
 		c := &client{hub: h, userID: fmt.Sprintf("u%d", i), roles: []string{fmt.Sprintf("r%d", i%2)}, batch: true,
 			heapIdx: -1, sent: make(chan struct{}, 1), done: make(chan struct{})}
 		w := &capture{c: c}
-		c.out = w
+		c.out = writeOnly{w}
 		caps = append(caps, w)
 		h.routes.add(c)
 	}

@@ -10,16 +10,11 @@ import (
 
 	"github.com/grupogad/outboxd/internal/backoff"
 
-	"github.com/gorilla/websocket"
-	"github.com/olahol/melody"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
 	"github.com/grupogad/outboxd/stream"
 )
-
-// frameWriter queues a text frame without blocking (melody.Session.Write).
-type frameWriter interface{ Write(msg []byte) error }
 
 type clientState int
 
@@ -45,8 +40,7 @@ const maxRowBytes = 256 << 10
 // client is one WebSocket session.
 type client struct {
 	hub    *Hub
-	sess   *melody.Session
-	out    frameWriter // sess, except in benchmarks
+	out    Transport // set when the session opens (Hub.attach)
 	userID string
 	roles  []string
 	exp    time.Time
@@ -196,7 +190,7 @@ func (c *client) deliverLive(seq int64, frame []byte, merge *frameMerger) (queue
 		c.flushPending(merge)
 		c.state = stateCatchUp
 		c.hub.metrics.catchUp()
-		go c.catchUp(false)
+		c.hub.goCatchUp(c, false)
 		return false, false
 	}
 	c.cursor = seq
@@ -358,13 +352,16 @@ func (c *client) logDropped(reason string) {
 	c.hub.cfg.Logger.Info("client dropped", "reason", reason, "user", c.userID, "remote", c.remote)
 }
 
-func (c *client) markDone() {
+// markDone marks the session ended; true the first time only.
+func (c *client) markDone() (first bool) {
 	c.doneOnce.Do(func() {
 		c.mu.Lock()
 		c.state = stateClosed
 		c.mu.Unlock()
 		close(c.done)
+		first = true
 	})
+	return first
 }
 
 func (c *client) closed() bool {
@@ -376,44 +373,22 @@ func (c *client) closed() bool {
 	}
 }
 
-// closeWith sends a close frame straight on the connection — never through
-// melody's queue, which may be full (see docs/design.md, "melody: known traps") — and then
-// closes it. WriteControl is safe concurrently with melody's writer. It runs
-// in the background: a slow client still reading gets the frame after the
-// data queued before it; a client whose socket stays full sees the
-// connection cut (1006) and reconnects with since just the same.
-//
-// Once the frame is written the connection is not closed at once: frames
-// of the client's still unread in our socket (a ping flood's, say) would
-// make the kernel answer the close with a reset, and a reset can destroy
-// the close frame before the client reads it — it would see 1006, not the
-// code. melody's read loop goes on draining the socket until the client's
-// own close frame ends it (the session then ends, done), and a client that
-// does not answer within closeWriteWait is cut.
+// closeWith closes the session with ce through its transport, in the
+// background: the close goes to the client straight, not behind queued
+// frames (Transport.Close). A slow client still reading gets it after the
+// data queued before; a client whose socket stays full sees the connection
+// cut (1006) and reconnects with since just the same.
 //
 // counted, if not nil, is run by the call that starts the close (none if
 // one is already under way), so that a reason is counted once per session,
-// and before the close frame goes out, so that a client that has seen the
-// close finds it counted (in /ws/stats, the metrics, the log).
+// and before the close goes out, so that a client that has seen the close
+// finds it counted (in /ws/stats, the metrics, the log).
 func (c *client) closeWith(ce CloseError, counted func()) {
 	c.closeOnce.Do(func() {
 		if counted != nil {
 			counted()
 		}
-		conn := c.sess.WebsocketConnection()
-		go func() {
-			err := conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(ce.Code, ce.Reason),
-				time.Now().Add(closeWriteWait))
-			if err == nil {
-				answer := time.NewTimer(closeWriteWait)
-				select {
-				case <-c.done:
-				case <-answer.C:
-				}
-				answer.Stop()
-			}
-			_ = conn.Close()
-		}()
+		go c.out.Close(ce, c.done)
 	})
 }
 

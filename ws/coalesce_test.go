@@ -27,7 +27,7 @@ type slowWriter struct {
 
 func newSlowWriter(c *client) *slowWriter {
 	w := &slowWriter{c: c, ready: make(chan struct{}, 1)}
-	c.out = w
+	c.out = writeOnly{w}
 	return w
 }
 

@@ -12,7 +12,7 @@ import (
 	"github.com/grupogad/outboxd/relay"
 )
 
-// gate is a frameWriter that blocks the first write until released.
+// gate is a frame writer that blocks the first write until released.
 type gate struct {
 	once    sync.Once
 	blocked chan struct{}
@@ -39,9 +39,9 @@ func TestConnectsDoNotWaitBehindAFanout(t *testing.T) {
 	g := &gate{blocked: make(chan struct{}), release: make(chan struct{})}
 	for i := range 10000 {
 		c := &client{hub: h, userID: fmt.Sprintf("u%d", i), heapIdx: -1, sent: make(chan struct{}, 1), done: make(chan struct{})}
-		c.out = discard{}
+		c.out = writeOnly{discard{}}
 		if i == 5000 {
-			c.out = g
+			c.out = writeOnly{g}
 		}
 		h.routes.add(c)
 	}

@@ -30,7 +30,7 @@ func benchHubFrames(b *testing.B, sessions int, batch bool) *Hub {
 	for i := range sessions {
 		c := &client{hub: h, userID: fmt.Sprintf("u%d", i), roles: []string{fmt.Sprintf("role%d", i%10)},
 			heapIdx: -1, sent: make(chan struct{}, 1), done: make(chan struct{}), batch: batch}
-		c.out = sink{c}
+		c.out = writeOnly{sink{c}}
 		h.routes.add(c)
 	}
 	return h

@@ -109,14 +109,8 @@ func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
 		reject(status, reason, httpError{reason, "connection limit reached; retry later"})
 		return
 	}
-	c := &client{
-		hub: h, userID: claims.UserID, roles: claims.Roles, exp: claims.Expires, iat: claims.Issued,
-		remote: addr, since: since, hasSince: hasSince, epoch: epoch, topics: topicSet(topics), heapIdx: -1, batch: batch,
-		sent: make(chan struct{}, 1), done: make(chan struct{}), upgraded: make(chan struct{}), handshake: span,
-	}
-	if l := h.cfg.Limits; l.MessageRate > 0 {
-		c.msgLimiter = rate.NewLimiter(rate.Limit(l.MessageRate), max(l.MessageBurst, 1))
-	}
+	c := h.newClient(claims, addr, sessionParams{since: since, hasSince: hasSince, epoch: epoch, topics: topics, batch: batch})
+	c.handshake = span
 	// The token stays out of every log: melody keeps the request, so drop
 	// it from the URL too.
 	r.URL.RawQuery = ""
@@ -140,6 +134,29 @@ func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	<-c.upgraded
+}
+
+// sessionParams are what a client asks for when it connects.
+type sessionParams struct {
+	since    int64
+	hasSince bool
+	epoch    string
+	topics   []string
+	batch    bool
+}
+
+// newClient is a session for claims' holder at remote, not yet attached
+// to a transport (Hub.attach).
+func (h *Hub) newClient(claims Claims, remote string, p sessionParams) *client {
+	c := &client{
+		hub: h, userID: claims.UserID, roles: claims.Roles, exp: claims.Expires, iat: claims.Issued,
+		remote: remote, since: p.since, hasSince: p.hasSince, epoch: p.epoch, topics: topicSet(p.topics), heapIdx: -1, batch: p.batch,
+		sent: make(chan struct{}, 1), done: make(chan struct{}), upgraded: make(chan struct{}),
+	}
+	if l := h.cfg.Limits; l.MessageRate > 0 {
+		c.msgLimiter = rate.NewLimiter(rate.Limit(l.MessageRate), max(l.MessageBurst, 1))
+	}
+	return c
 }
 
 // Stats is /ws/stats's "stats" object: the seed's fields, plus relay.

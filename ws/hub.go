@@ -70,6 +70,10 @@ type Hub struct {
 	expiries expiryHeap
 
 	closing atomic.Bool
+	// attached counts sessions between attach and detach, catchingUp the
+	// catch-up goroutines; endedCh is poked when either goes down (Stop).
+	attached, catchingUp atomic.Int64
+	endedCh              chan struct{}
 
 	// revoked caches outbox.disconnect's revocations (revocation.go).
 	revoked revocations
@@ -100,7 +104,7 @@ func New(auth *Authenticator, store Store, cfg Config) *Hub {
 	cfg.setDefaults()
 	h := &Hub{cfg: cfg, auth: auth, store: store, catchUp: newCatchUpMemory(cfg.CatchUpMemory), metrics: newHubMetrics(cfg.MetricsTopicsMax), routes: newRouting(),
 		connectLimiter: newAddrLimiter(cfg.Limits.ConnectRate, cfg.Limits.ConnectBurst),
-		recent:         newRecentFrames(recentMaxEvents, recentMaxBytes)}
+		recent:         newRecentFrames(recentMaxEvents, recentMaxBytes), endedCh: make(chan struct{}, 1)}
 	m := melody.New()
 	m.Config.MessageBufferSize = cfg.SendBuffer
 	m.Config.MaxMessageSize = cfg.MaxMessageSize
@@ -229,16 +233,47 @@ func (h *Hub) Stop(ctx context.Context) error {
 	for _, c := range clients {
 		c.closeWith(CloseGoingAway, nil)
 	}
+	// Wait for every session and every catch-up goroutine to end: each
+	// end pokes h.endedCh after its count went down, so no end is missed.
 	var err error
-	for h.m.Len() > 0 {
-		if ctx.Err() != nil {
-			err = fmt.Errorf("ws: %d sessions still open: %w", h.m.Len(), ctx.Err())
+	for h.attached.Load() > 0 || h.catchingUp.Load() > 0 {
+		select {
+		case <-h.endedCh:
+		case <-ctx.Done():
+			err = fmt.Errorf("ws: %d sessions and %d catch-ups still running: %w", h.attached.Load(), h.catchingUp.Load(), ctx.Err())
+		}
+		if err != nil {
 			break
 		}
-		time.Sleep(5 * time.Millisecond)
 	}
 	_ = h.m.Close()
 	return errors.Join(err, h.Base.Stop(ctx))
+}
+
+// ended counts a session down (detach) and pokes Stop.
+func (h *Hub) ended() {
+	h.attached.Add(-1)
+	h.poke()
+}
+
+func (h *Hub) poke() {
+	select {
+	case h.endedCh <- struct{}{}:
+	default:
+	}
+}
+
+// goCatchUp runs c's catch-up in a goroutine the hub owns: Stop waits for
+// it (it ends with its session).
+func (h *Hub) goCatchUp(c *client, resume bool) {
+	h.catchingUp.Add(1)
+	go func() {
+		defer func() {
+			h.catchingUp.Add(-1)
+			h.poke()
+		}()
+		c.catchUp(resume)
+	}()
 }
 
 func (h *Hub) sweepExpired(ctx context.Context) {
@@ -448,7 +483,6 @@ var _ stream.Dispatcher = (*Hub)(nil)
 
 func (h *Hub) onConnect(s *melody.Session) {
 	c := sessionClient(s)
-	c.sess, c.out = s, s
 	// Nothing reads the request after the upgrade: let it go with
 	// net/http's goroutine (handleConnect returns on upgraded).
 	s.Request = nil
@@ -470,6 +504,16 @@ func (h *Hub) onConnect(s *melody.Session) {
 		}
 		return err
 	})
+	h.attach(c, wsTransport{s})
+}
+
+// attach opens a session for c over tr: it is admitted under the hub lock
+// (limits, revocations), given its welcome as its first frame, made
+// routable, and sent to catch up from since if it asked. Every transport
+// opens its sessions here.
+func (h *Hub) attach(c *client, tr Transport) {
+	c.out = tr
+	h.attached.Add(1) // detach counts it down, whatever becomes of it here
 	h.metrics.connects.Add(1)
 	if c.handshake != nil {
 		c.handshake.End()
@@ -499,7 +543,7 @@ func (h *Hub) onConnect(s *melody.Session) {
 	h.expiries.add(c)
 	h.mu.Unlock()
 	if c.hasSince {
-		go c.catchUp(true)
+		h.goCatchUp(c, true)
 	}
 	h.cfg.Logger.Debug("client connected", "user", c.userID, "roles", c.roles, "remote", c.remote, "since", c.since)
 }
@@ -508,6 +552,12 @@ func (h *Hub) onConnect(s *melody.Session) {
 // session exists (the check before the upgrade can race with other
 // upgrades). A session over the limit is closed with 1013 (try again later).
 func (h *Hub) admit(c *client) bool {
+	if h.closing.Load() {
+		// Stop has collected the sessions to close: this one would escape.
+		h.metrics.reject("shutting_down")
+		c.closeWith(CloseGoingAway, nil)
+		return false
+	}
 	l := h.cfg.Limits
 	over := ""
 	switch {
@@ -549,11 +599,18 @@ func (h *Hub) overLimit(userID string) (int, string) {
 }
 
 func (h *Hub) onDisconnect(s *melody.Session) {
-	c := sessionClient(s)
-	if c == nil {
+	if c := sessionClient(s); c != nil {
+		h.detach(c)
+	}
+}
+
+// detach ends c's session: it leaves the routing index and the expiry
+// heap, and everything waiting on it (its catch-up) stops.
+func (h *Hub) detach(c *client) {
+	if !c.markDone() {
 		return
 	}
-	c.markDone()
+	defer h.ended()
 	h.mu.Lock()
 	h.routes.remove(c)
 	h.expiries.remove(c)
@@ -562,10 +619,14 @@ func (h *Hub) onDisconnect(s *melody.Session) {
 }
 
 func (h *Hub) onMessage(s *melody.Session, b []byte) {
-	c := sessionClient(s)
-	if c == nil {
-		return
+	if c := sessionClient(s); c != nil {
+		h.receive(c, b)
 	}
+}
+
+// receive handles one client message: counted against the message rate,
+// decoded, answered.
+func (h *Hub) receive(c *client, b []byte) {
 	if !c.allowFrame() {
 		return
 	}
