@@ -34,6 +34,9 @@ type env struct {
 	srv  *httptest.Server
 	seq  *relay.Sequencer
 	tail *relay.Tailer
+	// relay is the relay wired as outboxd wires it; seq and tail are its
+	// sequencer and tailer, started one by one (noSequencer).
+	relay *relay.Relay
 }
 
 type envOpts struct {
@@ -66,20 +69,17 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if err := e.hub.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	head := e.hub.Head()
-	e.tail = relay.NewTailer(db.Pool, e.hub, relay.TailerConfig{StartAfter: &head, FallbackPoll: 100 * time.Millisecond})
+	// The relay as outboxd wires it (relay.NewRelay): the sequencer hands
+	// its batches to this tailer and lets the hub's backlog shrink before
+	// its next batch.
+	e.relay = relay.NewRelay(db.Pool, e.hub, relay.RelayConfig{
+		StartAfter: e.hub.Head(), Epoch: e.hub.Epoch(), Handoff: true,
+		Tailer: relay.TailerConfig{FallbackPoll: 100 * time.Millisecond}, Sequencer: o.sequencerCfg,
+	})
+	e.seq, e.tail = e.relay.Sequencer, e.relay.Tailer
 	if err := e.tail.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// As outboxd wires it: the sequencer hands its batches to this tailer
-	// and lets the hub's backlog shrink before its next batch.
-	if o.sequencerCfg.Handoff == nil {
-		o.sequencerCfg.Handoff = e.tail
-	}
-	if o.sequencerCfg.Fanout == nil {
-		o.sequencerCfg.Fanout = e.hub
-	}
-	e.seq = relay.NewSequencer(db.Pool, o.sequencerCfg)
 	if !o.noSequencer {
 		e.startSequencer()
 	}

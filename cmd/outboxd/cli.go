@@ -12,6 +12,7 @@ import (
 
 	"github.com/grupogad/outboxd/internal/wsclient"
 	"github.com/grupogad/outboxd/outbox"
+	"github.com/grupogad/outboxd/server"
 	"github.com/grupogad/outboxd/ws"
 )
 
@@ -82,7 +83,7 @@ func cmdEmit(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 		// shell that is a mistake (an unset variable), never a broadcast.
 		return errors.New("--users and --roles are empty: the event would reach nobody; name targets, or pass --broadcast to send to every client")
 	}
-	pool, err := newPool(ctx, cfg, "", 0)
+	pool, err := server.NewPool(ctx, cfg)
 	if err != nil {
 		return err
 	}
