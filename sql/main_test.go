@@ -1,4 +1,4 @@
-package sql_test
+package outboxsql_test
 
 import (
 	"testing"

@@ -1,10 +1,10 @@
-// Package sql holds outboxd's schema migrations, embedded in the binary and
+// Package outboxsql (folder sql/) holds outboxd's schema migrations, embedded in the binary and
 // applied with goose. Each version is one file, NNNNN_name.sql, with an Up and
 // a Down section. The version table lives in the public schema
 // (outboxd_schema_version) so that migrating down to zero leaves nothing of
 // the outbox schema behind. A PostgreSQL session lock serialises replicas that
 // migrate at the same time.
-package sql
+package outboxsql
 
 import (
 	"context"

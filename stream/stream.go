@@ -126,3 +126,17 @@ type Status struct {
 	// Epoch identifies the history the seqs belong to (outbox.epoch()).
 	Epoch string `json:"epoch"`
 }
+
+// The outbox table's limits and reserved names, as the migrations define
+// them (the producer library, a module of its own, states them again; a
+// test holds the two equal).
+const (
+	// MaxPayloadBytes is the largest payload a row may carry, as JSON text
+	// (events_payload_max_256kib_check).
+	MaxPayloadBytes = 256 << 10
+	// ReservedTopicPrefix starts the topics of control rows: never
+	// delivered as frames, never subscribable, refused by outbox.emit.
+	ReservedTopicPrefix = "outboxd."
+	// TopicDisconnect is outbox.disconnect's control row.
+	TopicDisconnect = "outboxd.disconnect"
+)

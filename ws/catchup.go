@@ -15,7 +15,7 @@ const catchUpBatch = 256
 // maxRowBytes is the largest payload a row may carry (the table's CHECK):
 // a page read stops at its byte budget less this, so with the row that
 // crosses it the page stays within the budget.
-const maxRowBytes = 256 << 10
+const maxRowBytes = stream.MaxPayloadBytes
 
 // catchUp replays from the table at the pace the socket accepts, then
 // rejoins live delivery. resume is true for a connect with since=, where a

@@ -163,9 +163,9 @@ func sessionClient(s *melody.Session) *client {
 	return c
 }
 
-// Start reads the relay head (so that live clients start from it) and
-// launches the token-expiry sweeper. It returns the head, which the
-// tailer should start after.
+// Start reads the relay head (so that live clients start from it; Head
+// returns it, and the tailer starts after it) and the revocations, and
+// launches the token-expiry sweeper.
 func (h *Hub) Start(ctx context.Context) error {
 	hist, err := h.store.History(ctx)
 	if err != nil {

@@ -56,10 +56,10 @@ var (
 )
 
 // ReservedTopicPrefix starts the topics of control rows (outbox.disconnect):
-// never delivered as frames, never subscribable.
+// never delivered as frames, never subscribable (stream's names).
 const (
-	ReservedTopicPrefix = "outboxd."
-	TopicDisconnect     = "outboxd.disconnect"
+	ReservedTopicPrefix = stream.ReservedTopicPrefix
+	TopicDisconnect     = stream.TopicDisconnect
 )
 
 // closeReason fits a close reason in a close frame (123 bytes after the
