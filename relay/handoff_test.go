@@ -252,14 +252,13 @@ func TestHandoffBytesBound(t *testing.T) {
 	d := newStrict()
 	zero := int64(50)
 	tail := NewTailer(db.Pool, d, TailerConfig{StartAfter: &zero, FallbackPoll: time.Hour})
-	listening := make(chan time.Time, 1)
-	tail.testSignalListening = func() { listening <- time.Now() }
+	tail.testSignals.listening.Init()
 	seq := NewSequencer(db.Pool, SequencerConfig{Handoff: tail, HandoffBytes: 10_000})
 	startAll(t, tail, seq)
 	// The read that follows the LISTEN is done before the batch: with no
 	// fallback poll, what the tailer reads from now on is what the
 	// notification asks for.
-	at := <-listening
+	at := tail.testSignals.listening.WaitOrTimeout(t)
 	waitUntil(t, 5*time.Second, "the read after LISTEN", func() bool { return tail.LastRead().After(at) })
 	if _, err := outbox.EmitBatch(ctx, db.Pool, evs); err != nil {
 		t.Fatal(err)
@@ -534,15 +533,9 @@ func TestIdleSleepsEndInABatchWhileLingering(t *testing.T) {
 			db := dbtest.New(t)
 			ctx := context.Background()
 			offers := make(offerChan, 16)
-			idle := make(chan bool, 64)
 			s := NewSequencer(db.Pool, SequencerConfig{Handoff: offers, Linger: tc.linger,
 				MinPollInterval: time.Millisecond, LingerPoll: 4 * time.Millisecond, PollInterval: 4 * time.Millisecond})
-			s.testHookIdle = func(probe bool) {
-				select {
-				case idle <- probe:
-				default:
-				}
-			}
+			s.testSignals.idleSlept.Init()
 			if err := emitTx(ctx, db.Pool, producerPayload{0, 0}, 0, false); err != nil {
 				t.Fatal(err)
 			}
@@ -551,7 +544,7 @@ func TestIdleSleepsEndInABatchWhileLingering(t *testing.T) {
 				t.Fatalf("first batch ended at seq %d, want 1", seq)
 			}
 			for range 5 {
-				if probe := recvWithin(t, idle); probe != tc.wantProbe {
+				if probe := s.testSignals.idleSlept.WaitOrTimeout(t); probe != tc.wantProbe {
 					t.Fatalf("after an idle sleep: probe %t, want %t", probe, tc.wantProbe)
 				}
 			}

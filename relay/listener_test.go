@@ -39,8 +39,7 @@ func TestHalfOpenListenConnectionIsReplaced(t *testing.T) {
 	// a lost listener would show as an undelivered event.
 	tail := NewTailer(viaProxy, col, TailerConfig{StartAfter: &zero, FallbackPoll: time.Hour,
 		ListenPing: 300 * time.Millisecond, QueryTimeout: 2 * time.Second})
-	listening := make(chan struct{}, 10)
-	tail.testSignalListening = func() { listening <- struct{}{} }
+	tail.testSignals.listening.Init()
 	for _, s := range []interface{ Start(context.Context) error }{seq, tail} {
 		if err := s.Start(ctx); err != nil {
 			t.Fatal(err)
@@ -54,11 +53,8 @@ func TestHalfOpenListenConnectionIsReplaced(t *testing.T) {
 	})
 	waitSignal := func(what string) {
 		t.Helper()
-		select {
-		case <-listening:
-		case <-time.After(15 * time.Second):
-			t.Fatalf("no %s", what)
-		}
+		t.Logf("waiting for the %s", what)
+		tail.testSignals.listening.WaitOrTimeout(t)
 	}
 	emit := func(n int) {
 		t.Helper()

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/grupogad/outboxd/internal/dbtest"
+	"github.com/grupogad/outboxd/internal/testsignal"
 	"github.com/grupogad/outboxd/outbox"
 )
 
@@ -272,15 +273,10 @@ func TestRacingSequencers(t *testing.T) {
 	assertGapFree(t, db, producers*per)
 }
 
+// waitUntil is testsignal.Eventually, saying what it waited for.
 func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testsignal.Eventually(t, d, cond, func() string { return "waiting for " + what })
 }
 
 const helperEnv = "OUTBOXD_TEST_HELPER_DB"

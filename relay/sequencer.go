@@ -22,6 +22,7 @@ import (
 	"github.com/grupogad/outboxd/internal/backoff"
 	"github.com/grupogad/outboxd/internal/pgconfig"
 	"github.com/grupogad/outboxd/internal/startstop"
+	"github.com/grupogad/outboxd/internal/testsignal"
 )
 
 // Defaults for SequencerConfig.
@@ -171,9 +172,8 @@ type Sequencer struct {
 
 	// testHookAfterBatch runs between the batch statement and COMMIT.
 	testHookAfterBatch func()
-	// testHookIdle runs after each idle sleep: probe tells whether the
-	// sequencer probes (true) or runs a batch (false) next.
-	testHookIdle func(probe bool)
+	// testSignals report what the sequencer did, to tests.
+	testSignals sequencerSignals
 	// fanoutWait is FanoutWait; a test that holds the fan-out's answers
 	// raises it, so that its own pace does not end the wait.
 	fanoutWait time.Duration
@@ -245,6 +245,16 @@ func (s *Sequencer) recordResult(err error) {
 		s.failSince = time.Now()
 	}
 	s.failErr = err
+}
+
+// sequencerSignals are the sequencer's test signals (off in production).
+type sequencerSignals struct {
+	// idleSlept: an idle sleep ended and the sequencer probes next (true)
+	// or runs a batch (false).
+	idleSlept testsignal.TestSignal[bool]
+	// sleepingIdle: the sequencer found nothing pending and starts
+	// sleeping idle (a wake-up from now on is fresh).
+	sleepingIdle testsignal.TestSignal[struct{}]
 }
 
 // Wake makes an idle sequencer run a batch now instead of at its next
@@ -763,6 +773,7 @@ func (s *Sequencer) run(ctx context.Context) {
 		} else if pending {
 			continue
 		}
+		s.testSignals.sleepingIdle.Signal(struct{}{})
 		for {
 			woken, ok := s.sleepIdle(ctx, idle)
 			if !ok {
@@ -781,9 +792,7 @@ func (s *Sequencer) run(ctx context.Context) {
 			// it locks nothing (lockSQL) and costs about what the probe
 			// does, and finding rows it numbers them one round trip sooner.
 			// A quiet system probes: one statement, no transaction.
-			if s.testHookIdle != nil {
-				s.testHookIdle(!lingering)
-			}
+			s.testSignals.idleSlept.Signal(!lingering)
 			if lingering {
 				break
 			}

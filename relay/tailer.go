@@ -16,6 +16,7 @@ import (
 
 	"github.com/grupogad/outboxd/internal/backoff"
 	"github.com/grupogad/outboxd/internal/startstop"
+	"github.com/grupogad/outboxd/internal/testsignal"
 )
 
 // Defaults for TailerConfig.
@@ -100,10 +101,8 @@ type Tailer struct {
 	// epoch is the history the cursor belongs to; run loop only.
 	epoch string
 
-	// testSignalPinged runs after each successful listener ping, and
-	// testSignalListening after each successful LISTEN (tests).
-	testSignalPinged    func()
-	testSignalListening func()
+	// testSignals report what the tailer did, to tests.
+	testSignals tailerSignals
 
 	// offered holds batches handed over by the local sequencer (Offer),
 	// within cfg.BatchBytes; taken whole by the run loop.
@@ -124,6 +123,14 @@ type Tailer struct {
 
 // LastRead returns when a read of the table last succeeded.
 func (t *Tailer) LastRead() time.Time { return time.Unix(0, t.lastRead.Load()) }
+
+// tailerSignals are the tailer's test signals (off in production).
+type tailerSignals struct {
+	// listening: a LISTEN succeeded, at that time (each reconnect too).
+	listening testsignal.TestSignal[time.Time]
+	// pinged: a quiet listen connection answered its ping.
+	pinged testsignal.TestSignal[struct{}]
+}
 
 // NewTailer returns a Tailer dispatching to d.
 func NewTailer(pool *pgxpool.Pool, d Dispatcher, cfg TailerConfig) *Tailer {
@@ -203,9 +210,7 @@ func (t *Tailer) listenOnce(ctx context.Context, bo *backoff.Backoff) error {
 		return fmt.Errorf("LISTEN: %w", err)
 	}
 	bo.Reset()
-	if t.testSignalListening != nil {
-		t.testSignalListening()
-	}
+	t.testSignals.listening.Signal(time.Now())
 	t.mustRead.Store(true)
 	t.poke() // catch up with whatever was sequenced while not listening
 	for {
@@ -220,9 +225,7 @@ func (t *Tailer) listenOnce(ctx context.Context, bo *backoff.Backoff) error {
 			if err != nil {
 				return fmt.Errorf("listen connection did not answer a ping within %s: %w", t.cfg.ListenPing, err)
 			}
-			if t.testSignalPinged != nil {
-				t.testSignalPinged()
-			}
+			t.testSignals.pinged.Signal(struct{}{})
 			continue
 		}
 		if err != nil {

@@ -59,6 +59,7 @@ func TestWakeupNotifySequencesAtOnce(t *testing.T) {
 				t.Fatal(err)
 			}
 			seq := NewSequencer(db.Pool, SequencerConfig{MinPollInterval: time.Minute, PollInterval: time.Minute, WakeWhenIdle: mode == WakeupIdle})
+			seq.testSignals.sleepingIdle.Init()
 			col := newCollector()
 			zero := int64(0)
 			tail := NewTailer(db.Pool, col, TailerConfig{StartAfter: &zero, OnPending: seq.Wake})
@@ -74,7 +75,8 @@ func TestWakeupNotifySequencesAtOnce(t *testing.T) {
 				_ = seq.Stop(ctx)
 			})
 			waitUntil(t, 5*time.Second, "tailer ready", tail.Ready)
-			time.Sleep(200 * time.Millisecond) // the sequencer's first (empty) batch is done: it sleeps a minute
+			// The sequencer's first (empty) batch is done: it sleeps a minute.
+			seq.testSignals.sleepingIdle.WaitOrTimeout(t)
 			// One transaction: after a batch the sequencer's next poll is
 			// MinPollInterval away (a minute here), wake or not.
 			tx, err := db.Pool.Begin(ctx)

@@ -20,6 +20,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/grupogad/outboxd/internal/dbtest"
+	"github.com/grupogad/outboxd/internal/testsignal"
 	"github.com/grupogad/outboxd/outbox"
 	"github.com/grupogad/outboxd/relay"
 )
@@ -148,6 +149,9 @@ type dialOpts struct {
 	header   http.Header
 	rcvBuf   int  // SO_RCVBUF for a slow client
 	noReader bool // never read: no pongs, no frames
+	// pings, if set, receives a value for every ping the server sends
+	// (answered with a pong, as gorilla's default handler does).
+	pings chan<- struct{}
 }
 
 func (e *env) dial(query string, o dialOpts) (*wsClient, *http.Response, error) {
@@ -169,6 +173,15 @@ func (e *env) dial(query string, o dialOpts) (*wsClient, *http.Response, error) 
 	}
 	c := &wsClient{t: e.t, conn: conn, frames: make(chan frame, 100000), done: make(chan struct{})}
 	e.t.Cleanup(func() { _ = conn.Close() })
+	if o.pings != nil {
+		conn.SetPingHandler(func(data string) error {
+			select {
+			case o.pings <- struct{}{}:
+			default:
+			}
+			return conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+		})
+	}
 	if !o.noReader {
 		go c.readLoop()
 	}
@@ -335,13 +348,8 @@ func (e *env) userConnections(user string) int {
 	return len(e.hub.routes.byUser[user])
 }
 
+// waitFor is testsignal.Eventually, saying what it waited for.
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testsignal.Eventually(t, d, cond, func() string { return "waiting for " + what })
 }

@@ -436,9 +436,16 @@ func TestHeartbeatTimeoutAndTokenExpiry(t *testing.T) {
 	// 2 s: a pong is due within half an interval of each ping (pong wait
 	// 1.5 × interval), which must hold on a loaded CI machine too.
 	e := newEnv(t, envOpts{cfg: Config{HeartbeatInterval: 2 * time.Second}})
-	healthy := e.connect("", "healthy")
+	pings := make(chan struct{}, 100)
+	healthy, _, err := e.dial("token="+e.token("healthy"), dialOpts{pings: pings})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := healthy.next(5 * time.Second); f.Type != TypeWelcome {
+		t.Fatal(f)
+	}
 	// A half-open client: connected, never reads, so never answers pings.
-	_, _, err := e.dial("token="+e.token("mute"), dialOpts{noReader: true})
+	_, _, err = e.dial("token="+e.token("mute"), dialOpts{noReader: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -462,7 +469,16 @@ func TestHeartbeatTimeoutAndTokenExpiry(t *testing.T) {
 		t.Fatalf("healthy client: %d connections, want 1", n)
 	}
 	// The healthy client, answering pings, is still there 3 pings later.
-	time.Sleep(6 * time.Second)
+	for range len(pings) {
+		<-pings
+	}
+	for i := range 3 {
+		select {
+		case <-pings:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("ping %d of 3 not received", i+1)
+		}
+	}
 	if e.connections() != 1 {
 		t.Fatalf("%d connections, want only the healthy one", e.connections())
 	}

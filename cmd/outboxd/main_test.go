@@ -16,6 +16,7 @@ import (
 
 	"github.com/grupogad/outboxd/internal/dbtest"
 	"github.com/grupogad/outboxd/internal/proctest"
+	"github.com/grupogad/outboxd/internal/testsignal"
 	"github.com/grupogad/outboxd/ws"
 )
 
@@ -200,21 +201,10 @@ func readFrame(t *testing.T, conn *websocket.Conn) map[string]any {
 	return m
 }
 
-// eventually polls cond until it holds, or fails the test after d with
-// what (called then, so it can say how far things got).
+// eventually is testsignal.Eventually.
 func eventually(t *testing.T, d time.Duration, cond func() bool, what func() string) {
 	t.Helper()
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out after %s: %s", d, what())
-		case <-tick.C:
-		}
-	}
+	testsignal.Eventually(t, d, cond, what)
 }
 
 // waitConnected waits until p has n sessions.
