@@ -212,8 +212,16 @@ func TestHandoffOnlyAfterCommit(t *testing.T) {
 	if n != 10 {
 		t.Fatalf("second batch numbered %d rows, want 10", n)
 	}
-	if got := rec.calls(); !slices.Equal(got[2:], []string{"committing true", "offer 1..10"}) {
+	// Retries on a connection the pool had not yet found dead fail the
+	// same way, announced and withdrawn; the batch that commits is offered.
+	got := rec.calls()
+	if n := len(got); n < 4 || !slices.Equal(got[n-2:], []string{"committing true", "offer 1..10"}) {
 		t.Fatalf("hand-off calls %q", got)
+	}
+	for i := 2; i+1 < len(got)-2; i += 2 {
+		if got[i] != "committing true" || got[i+1] != "committing false" {
+			t.Fatalf("hand-off calls %q: a failed retry offered something", got)
+		}
 	}
 	assertExactly(t, db, rec.offered, 10)
 }
@@ -252,13 +260,13 @@ func TestHandoffBytesBound(t *testing.T) {
 	d := newStrict()
 	zero := int64(50)
 	tail := NewTailer(db.Pool, d, TailerConfig{StartAfter: &zero, FallbackPoll: time.Hour})
-	tail.testSignals.listening.Init()
+	tail.notifier.testSignals.listening.Init()
 	seq := NewSequencer(db.Pool, SequencerConfig{Handoff: tail, HandoffBytes: 10_000})
 	startAll(t, tail, seq)
 	// The read that follows the LISTEN is done before the batch: with no
 	// fallback poll, what the tailer reads from now on is what the
 	// notification asks for.
-	at := tail.testSignals.listening.WaitOrTimeout(t)
+	at := tail.notifier.testSignals.listening.WaitOrTimeout(t)
 	waitUntil(t, 5*time.Second, "the read after LISTEN", func() bool { return tail.LastRead().After(at) })
 	if _, err := outbox.EmitBatch(ctx, db.Pool, evs); err != nil {
 		t.Fatal(err)

@@ -39,7 +39,7 @@ func TestHalfOpenListenConnectionIsReplaced(t *testing.T) {
 	// a lost listener would show as an undelivered event.
 	tail := NewTailer(viaProxy, col, TailerConfig{StartAfter: &zero, FallbackPoll: time.Hour,
 		ListenPing: 300 * time.Millisecond, QueryTimeout: 2 * time.Second})
-	tail.testSignals.listening.Init()
+	tail.notifier.testSignals.listening.Init()
 	for _, s := range []interface{ Start(context.Context) error }{seq, tail} {
 		if err := s.Start(ctx); err != nil {
 			t.Fatal(err)
@@ -54,7 +54,7 @@ func TestHalfOpenListenConnectionIsReplaced(t *testing.T) {
 	waitSignal := func(what string) {
 		t.Helper()
 		t.Logf("waiting for the %s", what)
-		tail.testSignals.listening.WaitOrTimeout(t)
+		tail.notifier.testSignals.listening.WaitOrTimeout(t)
 	}
 	emit := func(n int) {
 		t.Helper()

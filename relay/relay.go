@@ -34,6 +34,7 @@ type RelayConfig struct {
 // reports its fan-out's backlog (Fanout), the sequencer paces itself by
 // it. The services stay reachable for readiness and tests.
 type Relay struct {
+	Notifier  *Notifier
 	Sequencer *Sequencer
 	Tailer    *Tailer
 	Retention *Retention
@@ -42,20 +43,13 @@ type Relay struct {
 // NewRelay wires the relay's services on pool for d.
 func NewRelay(pool *pgxpool.Pool, d Dispatcher, cfg RelayConfig) *Relay {
 	r := &Relay{}
-	tcfg := cfg.Tailer
-	tcfg.StartAfter, tcfg.Epoch = &cfg.StartAfter, cfg.Epoch
+	listen := pool
 	if cfg.SessionPool != nil {
-		tcfg.ListenPool = cfg.SessionPool
+		listen = cfg.SessionPool
 	}
-	// Producers' wake-ups (RELAY_WAKEUP=idle or notify) reach the
-	// sequencer through the tailer's LISTEN connection.
-	wake := tcfg.OnPending
-	tcfg.OnPending = func() {
-		r.Sequencer.Wake()
-		if wake != nil {
-			wake()
-		}
-	}
+	r.Notifier = NewNotifier(listen, NotifierConfig{Ping: cfg.Tailer.ListenPing, QueryTimeout: cfg.Tailer.QueryTimeout, Logger: cfg.Tailer.Logger})
+	tcfg := cfg.Tailer
+	tcfg.StartAfter, tcfg.Epoch, tcfg.Notifier = &cfg.StartAfter, cfg.Epoch, r.Notifier
 	r.Tailer = NewTailer(pool, d, tcfg)
 	scfg := cfg.Sequencer
 	if cfg.Handoff && scfg.Handoff == nil {
@@ -68,18 +62,24 @@ func NewRelay(pool *pgxpool.Pool, d Dispatcher, cfg RelayConfig) *Relay {
 		scfg.Pooled, scfg.SessionPool = true, cfg.SessionPool
 	}
 	r.Sequencer = NewSequencer(pool, scfg)
+	// Producers' wake-ups (RELAY_WAKEUP=idle or notify) reach the
+	// sequencer through the notifier.
+	r.Notifier.Subscribe(PendingChannel, func(string) { r.Sequencer.Wake() })
+	if tcfg.OnPending != nil {
+		r.Notifier.Subscribe(PendingChannel, func(string) { tcfg.OnPending() })
+	}
 	r.Retention = NewRetention(pool, cfg.Retention)
 	return r
 }
 
-// Start starts the tailer, the sequencer and retention; if one fails, the
-// ones started are stopped again.
+// Start starts the notifier, the tailer, the sequencer and retention; if
+// one fails, the ones started are stopped again.
 func (r *Relay) Start(ctx context.Context) error {
 	var started []interface{ Stop(context.Context) error }
 	for _, s := range []interface {
 		Start(context.Context) error
 		Stop(context.Context) error
-	}{r.Tailer, r.Sequencer, r.Retention} {
+	}{r.Notifier, r.Tailer, r.Sequencer, r.Retention} {
 		if err := s.Start(ctx); err != nil {
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			for _, st := range started {
@@ -94,9 +94,9 @@ func (r *Relay) Start(ctx context.Context) error {
 }
 
 // Stop stops the sequencer first (its in-flight batch finishes), then the
-// tailer and retention, within ctx.
+// tailer, the notifier and retention, within ctx.
 func (r *Relay) Stop(ctx context.Context) error {
-	return errors.Join(r.Sequencer.Stop(ctx), r.Tailer.Stop(ctx), r.Retention.Stop(ctx))
+	return errors.Join(r.Sequencer.Stop(ctx), r.Tailer.Stop(ctx), r.Notifier.Stop(ctx), r.Retention.Stop(ctx))
 }
 
 // Readiness is the readiness check of this relay, reading the database

@@ -10,13 +10,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/grupogad/outboxd/internal/backoff"
 	"github.com/grupogad/outboxd/internal/startstop"
-	"github.com/grupogad/outboxd/internal/testsignal"
 )
 
 // Defaults for TailerConfig.
@@ -59,9 +57,13 @@ type TailerConfig struct {
 	// Rebaser).
 	Epoch  string
 	Logger *slog.Logger
-	// ListenPool, if set, is where the LISTEN connection comes from
-	// (LISTEN_DATABASE_URL): a direct connection when the tailer's pool
-	// goes through a transaction pooler, where LISTEN does not work.
+	// Notifier, if set, is the relay's notifier (NewRelay's): the tailer
+	// subscribes to it, and the notifier's owner starts it. Unset, the
+	// tailer runs a notifier of its own, on ListenPool or its pool.
+	Notifier *Notifier
+	// ListenPool, if set, is where a notifier of the tailer's own takes
+	// its connection (LISTEN_DATABASE_URL): a direct session when the
+	// tailer's pool goes through a transaction pooler.
 	ListenPool *pgxpool.Pool
 }
 
@@ -101,8 +103,9 @@ type Tailer struct {
 	// epoch is the history the cursor belongs to; run loop only.
 	epoch string
 
-	// testSignals report what the tailer did, to tests.
-	testSignals tailerSignals
+	// notifier wakes the tailer; own says the tailer runs it.
+	notifier *Notifier
+	own      bool
 
 	// offered holds batches handed over by the local sequencer (Offer),
 	// within cfg.BatchBytes; taken whole by the run loop.
@@ -124,18 +127,49 @@ type Tailer struct {
 // LastRead returns when a read of the table last succeeded.
 func (t *Tailer) LastRead() time.Time { return time.Unix(0, t.lastRead.Load()) }
 
-// tailerSignals are the tailer's test signals (off in production).
-type tailerSignals struct {
-	// listening: a LISTEN succeeded, at that time (each reconnect too).
-	listening testsignal.TestSignal[time.Time]
-	// pinged: a quiet listen connection answered its ping.
-	pinged testsignal.TestSignal[struct{}]
-}
-
 // NewTailer returns a Tailer dispatching to d.
 func NewTailer(pool *pgxpool.Pool, d Dispatcher, cfg TailerConfig) *Tailer {
 	cfg.setDefaults()
-	return &Tailer{pool: pool, cfg: cfg, d: d, wake: make(chan struct{}, 1)}
+	t := &Tailer{pool: pool, cfg: cfg, d: d, wake: make(chan struct{}, 1), notifier: cfg.Notifier}
+	if t.notifier == nil {
+		lp := pool
+		if cfg.ListenPool != nil {
+			lp = cfg.ListenPool
+		}
+		t.notifier = NewNotifier(lp, NotifierConfig{Ping: cfg.ListenPing, QueryTimeout: cfg.QueryTimeout, Logger: cfg.Logger})
+		t.own = true
+		if cfg.OnPending != nil {
+			t.notifier.Subscribe(PendingChannel, func(string) { cfg.OnPending() })
+		}
+	}
+	t.notifier.Subscribe(NotifyChannel, t.notified)
+	t.notifier.OnListen(t.relistened)
+	return t
+}
+
+// Stop stops the read loop, and the tailer's own notifier if it has one.
+func (t *Tailer) Stop(ctx context.Context) error {
+	err := t.Base.Stop(ctx)
+	if t.own {
+		err = errors.Join(err, t.notifier.Stop(ctx))
+	}
+	return err
+}
+
+// notified handles a NOTIFY of the sequencer's: payload is the new head.
+func (t *Tailer) notified(payload string) {
+	var seq int64
+	if _, err := fmt.Sscan(payload, &seq); err == nil && seq > t.head.Load() {
+		t.head.Store(seq)
+	}
+	t.poke()
+}
+
+// relistened: notifications may have been missed while the notifier was
+// not listening; read the table.
+func (t *Tailer) relistened() {
+	t.mustRead.Store(true)
+	t.poke()
 }
 
 // Cursor returns the last dispatched seq.
@@ -146,100 +180,18 @@ func (t *Tailer) Ready() bool { return t.ready.Load() && t.Running() }
 
 // Start launches the listener and the read loop.
 func (t *Tailer) Start(ctx context.Context) error {
-	return t.StartFunc(ctx, func(ctx context.Context) {
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			t.listen(ctx)
-		}()
-		t.run(ctx)
-		<-done
-	})
+	if t.own {
+		if err := t.notifier.Start(ctx); err != nil {
+			return err
+		}
+	}
+	return t.StartFunc(ctx, t.run)
 }
 
 func (t *Tailer) poke() {
 	select {
 	case t.wake <- struct{}{}:
 	default:
-	}
-}
-
-// listen holds a dedicated connection LISTENing on NotifyChannel and pokes
-// the read loop on every notification and after every (re)connect.
-func (t *Tailer) listen(ctx context.Context) {
-	var bo backoff.Backoff
-	for ctx.Err() == nil {
-		err := t.listenOnce(ctx, &bo)
-		if ctx.Err() != nil {
-			return
-		}
-		t.cfg.Logger.Warn("tailer listen connection lost; reconnecting", "err", err)
-		if t.cfg.ListenPool != nil {
-			recoverPool(t.cfg.ListenPool, err, t.cfg.Logger)
-		} else {
-			recoverPool(t.pool, err, t.cfg.Logger)
-		}
-		if !bo.Wait(ctx) {
-			return
-		}
-	}
-}
-
-func (t *Tailer) listenOnce(ctx context.Context, bo *backoff.Backoff) error {
-	actx, cancel := context.WithTimeout(ctx, t.cfg.QueryTimeout)
-	lp := t.pool
-	if t.cfg.ListenPool != nil {
-		lp = t.cfg.ListenPool
-	}
-	pc, err := lp.Acquire(actx)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("acquire: %w", err)
-	}
-	// The connection is ours now: a LISTEN must not go back to the pool.
-	conn := pc.Hijack()
-	defer conn.Close(context.Background())
-	lctx, cancel := context.WithTimeout(ctx, t.cfg.QueryTimeout)
-	listen := "LISTEN " + NotifyChannel
-	if t.cfg.OnPending != nil {
-		listen += "; LISTEN " + PendingChannel
-	}
-	_, err = conn.Exec(lctx, listen)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("LISTEN: %w", err)
-	}
-	bo.Reset()
-	t.testSignals.listening.Signal(time.Now())
-	t.mustRead.Store(true)
-	t.poke() // catch up with whatever was sequenced while not listening
-	for {
-		wctx, cancel := context.WithTimeout(ctx, t.cfg.ListenPing)
-		n, err := conn.WaitForNotification(wctx)
-		cancel()
-		if err != nil && ctx.Err() == nil && pgconn.Timeout(err) {
-			// Quiet: prove the connection still answers.
-			pctx, cancel := context.WithTimeout(ctx, t.cfg.ListenPing)
-			err = conn.Ping(pctx)
-			cancel()
-			if err != nil {
-				return fmt.Errorf("listen connection did not answer a ping within %s: %w", t.cfg.ListenPing, err)
-			}
-			t.testSignals.pinged.Signal(struct{}{})
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if n.Channel == PendingChannel {
-			t.cfg.OnPending()
-			continue
-		}
-		var seq int64
-		if _, err := fmt.Sscan(n.Payload, &seq); err == nil && seq > t.head.Load() {
-			t.head.Store(seq)
-		}
-		t.poke()
 	}
 }
 

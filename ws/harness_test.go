@@ -78,6 +78,9 @@ func newEnv(t *testing.T, o envOpts) *env {
 		Tailer: relay.TailerConfig{FallbackPoll: 100 * time.Millisecond}, Sequencer: o.sequencerCfg,
 	})
 	e.seq, e.tail = e.relay.Sequencer, e.relay.Tailer
+	if err := e.relay.Notifier.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if err := e.tail.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -103,6 +106,7 @@ func (e *env) stop() {
 	defer cancel()
 	_ = e.seq.Stop(ctx)
 	_ = e.tail.Stop(ctx)
+	_ = e.relay.Notifier.Stop(ctx)
 	if err := e.hub.Stop(ctx); err != nil {
 		e.t.Errorf("hub stop: %v", err)
 	}
