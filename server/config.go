@@ -24,8 +24,25 @@ import (
 const DevSecretKey = "outboxd-development-secret-change-me"
 
 // Config is outboxd's configuration, from the environment (README,
-// "Configuration"). Every default is written in its tag.
+// "Configuration"), grouped by component; the groups are embedded, so a
+// setting reads as cfg.HeartbeatInterval whatever its group. Every default
+// of the binary is written in its tag, and only there (the README's table
+// is tested against them, and so are the packages' own defaults).
 type Config struct {
+	// Environment: production disables /ws/_test/* and requires
+	// SECRET_KEY or JWKS_URL, and ALLOWED_ORIGINS.
+	Environment string `env:"ENVIRONMENT" envDefault:"development"`
+	DatabaseSettings
+	HTTPSettings
+	AuthSettings
+	LimitsSettings
+	HubSettings
+	RelaySettings
+	LogSettings
+}
+
+// DatabaseSettings are the database and the pools.
+type DatabaseSettings struct {
 	// DatabaseURL is the PostgreSQL holding the outbox schema.
 	DatabaseURL string `env:"DATABASE_URL" envDefault:"postgres://postgres@localhost:5432/postgres?sslmode=disable"`
 	// ListenDatabaseURL (optional) is a direct connection to the same
@@ -33,27 +50,22 @@ type Config struct {
 	// migrations (a session lock) and RELAY_WAKEUP=idle's session lock.
 	// Set, DATABASE_URL may point at PgBouncer in transaction mode.
 	ListenDatabaseURL string `env:"LISTEN_DATABASE_URL"`
+	// DatabaseWait is how long the sidecar waits at start for its database
+	// before giving up with a non-zero exit status (0: forever).
+	DatabaseWait time.Duration `env:"DATABASE_WAIT" envDefault:"60s"`
+	// AutoMigrate applies migrations at start.
+	AutoMigrate bool `env:"AUTO_MIGRATE" envDefault:"true"`
+	// RelayDBConns and ReplayDBConns size the two connection pools: the
+	// relay's (sequencer, tailer, retention, readiness) and the clients'
+	// replay reads (their bound on concurrent reads).
+	RelayDBConns  int `env:"RELAY_DB_CONNS" envDefault:"4"`
+	ReplayDBConns int `env:"REPLAY_DB_CONNS" envDefault:"4"`
+}
+
+// HTTPSettings: the addresses served and what HTTP accepts.
+type HTTPSettings struct {
 	// ListenAddr is the HTTP address.
 	ListenAddr string `env:"LISTEN_ADDR" envDefault:":8002"`
-	// Environment: production disables /ws/_test/* and requires
-	// SECRET_KEY or JWKS_URL, and ALLOWED_ORIGINS.
-	Environment string `env:"ENVIRONMENT" envDefault:"development"`
-	// SecretKey enables HS256 tokens.
-	SecretKey string `env:"SECRET_KEY"`
-	// JWKSURL enables RS256/ES256 tokens.
-	JWKSURL     string `env:"JWKS_URL"`
-	JWTIssuer   string `env:"JWT_ISSUER"`
-	JWTAudience string `env:"JWT_AUDIENCE"`
-	// TestTokens lets POST /ws/_test/token mint tokens signed with a real
-	// SECRET_KEY (outside production only). Without it the endpoint mints
-	// only with the built-in development key.
-	TestTokens bool `env:"TEST_TOKENS" envDefault:"false"`
-	// TrustedProxies is a comma list of CIDRs of reverse proxies whose
-	// X-Forwarded-For is believed for the client address.
-	TrustedProxies []string `env:"TRUSTED_PROXIES" envSeparator:","`
-	// JWKSAllowHTTP accepts an http:// JWKS_URL in production (a key
-	// server on a trusted network); by default production wants https.
-	JWKSAllowHTTP bool `env:"JWKS_ALLOW_HTTP" envDefault:"false"`
 	// AdminAddr, when set, serves /metrics and /ws/stats (and /healthz,
 	// /readyz) on this address instead of LISTEN_ADDR, e.g. 127.0.0.1:9090.
 	AdminAddr string `env:"ADMIN_ADDR"`
@@ -73,6 +85,43 @@ type Config struct {
 	HTTPIdleTimeout time.Duration `env:"HTTP_IDLE_TIMEOUT" envDefault:"10s"`
 	// HTTPMaxHeaderBytes bounds a request's headers (larger: HTTP 431).
 	HTTPMaxHeaderBytes int `env:"HTTP_MAX_HEADER_BYTES" envDefault:"16384"`
+	// TrustedProxies is a comma list of CIDRs of reverse proxies whose
+	// X-Forwarded-For is believed for the client address.
+	TrustedProxies []string `env:"TRUSTED_PROXIES" envSeparator:","`
+	// AllowedOrigins is a comma list of browser origins; * (the default
+	// outside production) allows any.
+	AllowedOrigins []string `env:"ALLOWED_ORIGINS" envSeparator:","`
+	// DemoPage serves the embedded demo page at / (and its client script).
+	// Unset: on outside production, off in production.
+	DemoPage *bool `env:"DEMO_PAGE"`
+	// PprofAddr, when set, serves net/http/pprof there (e.g. 127.0.0.1:6060).
+	PprofAddr string `env:"PPROF_ADDR"`
+}
+
+// AuthSettings: how tokens are checked.
+type AuthSettings struct {
+	// SecretKey enables HS256 tokens.
+	SecretKey string `env:"SECRET_KEY"`
+	// JWKSURL enables RS256/ES256 tokens.
+	JWKSURL     string `env:"JWKS_URL"`
+	JWTIssuer   string `env:"JWT_ISSUER"`
+	JWTAudience string `env:"JWT_AUDIENCE"`
+	// JWKSAllowHTTP accepts an http:// JWKS_URL in production (a key
+	// server on a trusted network); by default production wants https.
+	JWKSAllowHTTP bool `env:"JWKS_ALLOW_HTTP" envDefault:"false"`
+	// JWTRequireExp refuses tokens without exp.
+	JWTRequireExp bool `env:"JWT_REQUIRE_EXP" envDefault:"true"`
+	// JWTMaxTTL bounds a token's lifetime (exp − iat, or exp − now without
+	// iat); outbox.disconnect's revocations are kept that long.
+	JWTMaxTTL time.Duration `env:"JWT_MAX_TTL" envDefault:"24h"`
+	// TestTokens lets POST /ws/_test/token mint tokens signed with a real
+	// SECRET_KEY (outside production only). Without it the endpoint mints
+	// only with the built-in development key.
+	TestTokens bool `env:"TEST_TOKENS" envDefault:"false"`
+}
+
+// LimitsSettings: what one replica, address, user and session may take.
+type LimitsSettings struct {
 	// MaxOpenConns bounds open TCP connections on LISTEN_ADDR, WebSockets
 	// included; past it a connection gets HTTP 503 at once. 0: derived,
 	// MAX_CONNECTIONS + 1024 (no bound when MAX_CONNECTIONS is 0).
@@ -81,54 +130,6 @@ type Config struct {
 	// not counting TRUSTED_PROXIES (0: no bound). Off by default: NAT and
 	// proxies put many clients behind one address.
 	MaxConnsPerAddress int `env:"MAX_CONNS_PER_ADDRESS" envDefault:"0"`
-	// JWTRequireExp refuses tokens without exp.
-	JWTRequireExp bool `env:"JWT_REQUIRE_EXP" envDefault:"true"`
-	// JWTMaxTTL bounds a token's lifetime (exp − iat, or exp − now without
-	// iat); outbox.disconnect's revocations are kept that long.
-	JWTMaxTTL time.Duration `env:"JWT_MAX_TTL" envDefault:"24h"`
-	// DemoPage serves the embedded demo page at / (and its client script).
-	// Unset: on outside production, off in production.
-	DemoPage *bool `env:"DEMO_PAGE"`
-	// AllowedOrigins is a comma list of browser origins; * (the default
-	// outside production) allows any.
-	AllowedOrigins []string `env:"ALLOWED_ORIGINS" envSeparator:","`
-	// HeartbeatInterval between WebSocket pings.
-	HeartbeatInterval time.Duration `env:"HEARTBEAT_INTERVAL" envDefault:"30s"`
-	// WSSendBuffer is each session's live queue, in frames.
-	WSSendBuffer int `env:"WS_SEND_BUFFER" envDefault:"16"`
-	// WSSendBufferBytes bounds the event bytes queued for one session.
-	WSSendBufferBytes int `env:"WS_SEND_BUFFER_BYTES" envDefault:"524288"`
-	// CatchUpPageBytes bounds one catch-up page read from the table;
-	// CatchUpMemory what all catch-ups of the replica hold at once.
-	CatchUpPageBytes int `env:"CATCHUP_PAGE_BYTES" envDefault:"4194304"`
-	CatchUpMemory    int `env:"CATCHUP_MEMORY" envDefault:"33554432"`
-	// RelayBatchBytes bounds the payload bytes the tailer reads at once.
-	RelayBatchBytes int `env:"RELAY_BATCH_BYTES" envDefault:"1048576"`
-	// RelayDBConns and ReplayDBConns size the two connection pools: the
-	// relay's (sequencer, tailer, retention, readiness) and the clients'
-	// replay reads (their bound on concurrent reads).
-	RelayDBConns  int `env:"RELAY_DB_CONNS" envDefault:"4"`
-	ReplayDBConns int `env:"REPLAY_DB_CONNS" envDefault:"4"`
-	// WSMaxMessageSize is the largest client frame, in bytes.
-	WSMaxMessageSize int64 `env:"WS_MAX_MESSAGE_SIZE" envDefault:"4096"`
-	// RelayBatchSize is the most rows sequenced in one transaction.
-	RelayBatchSize int `env:"RELAY_BATCH_SIZE" envDefault:"5000"`
-	// RelayPollInterval is the longest idle sleep of the sequencer.
-	RelayPollInterval time.Duration `env:"RELAY_POLL_INTERVAL" envDefault:"100ms"`
-	// RelayMinPollInterval is the sequencer's pause after a batch that was
-	// not full, while events flow: rows gather for the next batch.
-	RelayMinPollInterval time.Duration `env:"RELAY_MIN_POLL_INTERVAL" envDefault:"2ms"`
-	// RelayWakeup is how an idle sequencer learns of new rows: poll,
-	// idle (a producer trigger that notifies only while the sequencer
-	// sleeps idle) or notify (a producer trigger, every statement).
-	RelayWakeup string `env:"RELAY_WAKEUP" envDefault:"poll"`
-	// RelayHandoff: the local sequencer hands each committed batch to this
-	// replica's hub directly instead of through NOTIFY and a read.
-	RelayHandoff bool `env:"RELAY_HANDOFF" envDefault:"true"`
-	// OutboxRetention is how long sequenced rows are kept for resume.
-	OutboxRetention time.Duration `env:"OUTBOX_RETENTION" envDefault:"24h"`
-	// ReplayMax is the most events a client may replay or lag behind.
-	ReplayMax int64 `env:"REPLAY_MAX" envDefault:"100000"`
 	// MaxHandshakes bounds WebSocket handshakes in flight; past it HTTP 503
 	// with Retry-After: 1 (0: no limit).
 	MaxHandshakes int `env:"MAX_HANDSHAKES" envDefault:"1024"`
@@ -145,24 +146,61 @@ type Config struct {
 	// may send; a flood closes it with 1008 (0: no limit).
 	ClientMessageRate  float64 `env:"CLIENT_MESSAGE_RATE" envDefault:"20"`
 	ClientMessageBurst int     `env:"CLIENT_MESSAGE_BURST" envDefault:"40"`
-	// DatabaseWait is how long the sidecar waits at start for its database
-	// before giving up with a non-zero exit status (0: forever).
-	DatabaseWait time.Duration `env:"DATABASE_WAIT" envDefault:"60s"`
+	// WSMaxMessageSize is the largest client frame, in bytes.
+	WSMaxMessageSize int64 `env:"WS_MAX_MESSAGE_SIZE" envDefault:"4096"`
+}
+
+// HubSettings: sessions, their queues and catch-up.
+type HubSettings struct {
+	// HeartbeatInterval between WebSocket pings.
+	HeartbeatInterval time.Duration `env:"HEARTBEAT_INTERVAL" envDefault:"30s"`
+	// WSSendBuffer is each session's live queue, in frames.
+	WSSendBuffer int `env:"WS_SEND_BUFFER" envDefault:"16"`
+	// WSSendBufferBytes bounds the event bytes queued for one session.
+	WSSendBufferBytes int `env:"WS_SEND_BUFFER_BYTES" envDefault:"524288"`
+	// CatchUpPageBytes bounds one catch-up page read from the table;
+	// CatchUpMemory what all catch-ups of the replica hold at once.
+	CatchUpPageBytes int `env:"CATCHUP_PAGE_BYTES" envDefault:"4194304"`
+	CatchUpMemory    int `env:"CATCHUP_MEMORY" envDefault:"33554432"`
+	// ReplayMax is the most events a client may replay or lag behind.
+	ReplayMax int64 `env:"REPLAY_MAX" envDefault:"100000"`
+	// MetricsTopicsMax is how many distinct topics get a metric series of
+	// their own; later ones are counted as "other".
+	MetricsTopicsMax int `env:"METRICS_TOPICS_MAX" envDefault:"64"`
+}
+
+// RelaySettings: sequencing, tailing and retention.
+type RelaySettings struct {
+	// RelayBatchSize is the most rows sequenced in one transaction.
+	RelayBatchSize int `env:"RELAY_BATCH_SIZE" envDefault:"5000"`
+	// RelayBatchBytes bounds the payload bytes the tailer reads at once.
+	RelayBatchBytes int `env:"RELAY_BATCH_BYTES" envDefault:"1048576"`
+	// RelayPollInterval is the longest idle sleep of the sequencer.
+	RelayPollInterval time.Duration `env:"RELAY_POLL_INTERVAL" envDefault:"100ms"`
+	// RelayMinPollInterval is the sequencer's pause after a batch that was
+	// not full, while events flow: rows gather for the next batch.
+	RelayMinPollInterval time.Duration `env:"RELAY_MIN_POLL_INTERVAL" envDefault:"2ms"`
+	// RelayWakeup is how an idle sequencer learns of new rows: poll,
+	// idle (a producer trigger that notifies only while the sequencer
+	// sleeps idle) or notify (a producer trigger, every statement).
+	RelayWakeup string `env:"RELAY_WAKEUP" envDefault:"poll"`
+	// RelayHandoff: the local sequencer hands each committed batch to this
+	// replica's hub directly instead of through NOTIFY and a read.
+	RelayHandoff bool `env:"RELAY_HANDOFF" envDefault:"true"`
 	// RelayStallTimeout is how long the relay may make no progress (pending
 	// rows and no batch, a failing sequencer, a tailer that cannot read)
 	// before /readyz reports the replica not ready.
 	RelayStallTimeout time.Duration `env:"RELAY_STALL_TIMEOUT" envDefault:"30s"`
-	// MetricsTopicsMax is how many distinct topics get a metric series of
-	// their own; later ones are counted as "other".
-	MetricsTopicsMax int `env:"METRICS_TOPICS_MAX" envDefault:"64"`
-	// AutoMigrate applies migrations at start.
-	AutoMigrate bool `env:"AUTO_MIGRATE" envDefault:"true"`
+	// OutboxRetention is how long sequenced rows are kept for resume.
+	OutboxRetention time.Duration `env:"OUTBOX_RETENTION" envDefault:"24h"`
+}
+
+// LogSettings: slog output.
+type LogSettings struct {
 	// LogLevel: debug, info, warn, error.
 	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
 	// LogFormat: text or json (default json in production, text elsewhere).
 	LogFormat string `env:"LOG_FORMAT"`
-	// PprofAddr, when set, serves net/http/pprof there (e.g. 127.0.0.1:6060).
-	PprofAddr string `env:"PPROF_ADDR"`
 }
 
 // SigningKey is the HS256 key: SECRET_KEY, or outside production when no
@@ -468,4 +506,33 @@ func envName(field string) string {
 	}
 	name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
 	return name
+}
+
+// Variable is one environment variable Config reads.
+type Variable struct {
+	Name string
+	// Default is its envDefault ("" with HasDefault false: none).
+	Default    string
+	HasDefault bool
+}
+
+// Variables lists every environment variable Config reads, group by group.
+func Variables() []Variable {
+	var out []Variable
+	var walk func(t reflect.Type)
+	walk = func(t reflect.Type) {
+		for i := range t.NumField() {
+			f := t.Field(i)
+			if f.Anonymous && f.Type.Kind() == reflect.Struct {
+				walk(f.Type)
+				continue
+			}
+			if name, _, _ := strings.Cut(f.Tag.Get("env"), ","); name != "" {
+				def, ok := f.Tag.Lookup("envDefault")
+				out = append(out, Variable{Name: name, Default: def, HasDefault: ok})
+			}
+		}
+	}
+	walk(reflect.TypeFor[Config]())
+	return out
 }

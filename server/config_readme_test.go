@@ -2,9 +2,7 @@ package server
 
 import (
 	"os"
-	"reflect"
 	"regexp"
-	"strings"
 	"testing"
 
 	"github.com/grupogad/outboxd/relay"
@@ -34,11 +32,12 @@ func TestReadmeTableMatchesDefaults(t *testing.T) {
 			documented[v[1]] = d
 		}
 	}
-	typ := reflect.TypeFor[Config]()
-	for i := range typ.NumField() {
-		f := typ.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
-		def, hasDef := f.Tag.Lookup("envDefault")
+	vars := Variables()
+	if len(vars) < 50 {
+		t.Fatalf("only %d variables found in Config", len(vars))
+	}
+	for _, v := range vars {
+		name, def, hasDef := v.Name, v.Default, v.HasDefault
 		doc, ok := documented[name]
 		switch {
 		case !ok:

@@ -1,19 +1,17 @@
 package main
 
 import (
-	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/grupogad/outboxd/server"
 )
 
 // configVars lists every environment variable Config reads.
 func configVars() []string {
 	var out []string
-	t := reflect.TypeFor[Config]()
-	for i := range t.NumField() {
-		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("env"), ","); name != "" {
-			out = append(out, name)
-		}
+	for _, v := range server.Variables() {
+		out = append(out, v.Name)
 	}
 	return out
 }
