@@ -64,7 +64,7 @@ type SequencerConfig struct {
 	// times this (pauseAfter). Most of a batch's cost is fixed (PostgreSQL
 	// ~0.5 ms of CPU, outboxd about as much, and a frame to every
 	// recipient), so this pause sets what the relay costs the producers
-	// under load. Measured (BENCHMARKS.md, session 6): a fixed 2 → 4 ms
+	// under load. Measured (outboxbench's server_cpu_per_event): a fixed 2 → 4 ms
 	// cut the relay's CPU per event by 14–18 % with 100 clients and the
 	// same latency; this adaptive pause, 21–29 % against a fixed 2 ms.
 	// (Starting the next batch at once after a slow batch cost CPU and
@@ -825,8 +825,8 @@ func (c *SequencerConfig) pauseAfter(d time.Duration) time.Duration {
 // pickup wait). The price is more empty batches (each a read, lockSQL):
 // at most about eight per batch that finds rows, ~5 % of a core at 50
 // events/s. An app a few events a second keeps LingerPoll, and so does a
-// sequencer that producers wake (WakeWhenIdle). Measured: BENCHMARKS.md,
-// "Session 9".
+// sequencer that producers wake (WakeWhenIdle). Measured with outboxbench
+// (-scenario custom -clients 1000 -rate 100), alternated.
 func (c *SequencerConfig) lingerCeiling(gap time.Duration) time.Duration {
 	if gap <= 0 || c.WakeWhenIdle {
 		return c.LingerPoll

@@ -313,7 +313,7 @@ func produce(ctx context.Context, pool *pgxpool.Pool, spec loadSpec, committed *
 }
 
 // lockstepPacing starts every paced producer at the same instant (-pacing
-// lockstep, sessions 3–7's figures): their transactions then arrive
+// lockstep, as the earliest figures were taken): their transactions then arrive
 // together, one per producer every interval. By default (staggered) producer
 // p starts p/producers of an interval later, so the same rate arrives
 // evenly, as an app's independent requests would.

@@ -102,7 +102,7 @@ func main() {
 	flag.IntVar(&o.custom.burst, "burst", 0, "custom: instead of producers, commit this many events in one transaction and report the drain rate (commit → last receipt)")
 	flag.DurationVar(&o.custom.duration, "duration", 10*time.Second, "custom: how long the producers run (at most 10m)")
 	flag.IntVar(&o.custom.padBytes, "pad", 64, "custom: payload padding in bytes")
-	pacing := flag.String("pacing", "staggered", "paced producers: staggered (each starts 1/producers of an interval after the previous: the rate arrives evenly) or lockstep (all at once, as before session 7: their transactions arrive together)")
+	pacing := flag.String("pacing", "staggered", "paced producers: staggered (each starts 1/producers of an interval after the previous: the rate arrives evenly) or lockstep (all at once: their transactions arrive together)")
 	frames := flag.String("frames", "batch", "outboxd clients: batch (connect with batch=1, several events per frame) or single (one per frame)")
 	flag.Parse()
 	if *frames != "batch" && *frames != "single" {

@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// vs-centrifugo: the side-by-side of issue 14. In every run each workload
+// vs-centrifugo: the side-by-side against Centrifugo. In every run each workload
 // goes first to outboxd, then to Centrifugo (runs thus alternate A, B, A,
 // B), on a fresh database each, with the same producers (8, single-row
 // transactions), the same clients and the same latency definition (the
