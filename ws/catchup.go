@@ -47,7 +47,10 @@ func (c *client) catchUp(resume bool) {
 	defer wait.Stop()
 	for !c.closed() {
 		c.mu.Lock()
-		cursor, topics, gen := c.cursor, c.topicList(), c.filterGen
+		// The filter and the roles change only under mu (subscribe,
+		// refresh), with filterGen: a page read under the old ones is not
+		// written under the new.
+		cursor, topics, roles, gen := c.cursor, c.topicList(), c.roles, c.filterGen
 		if c.closeAt != 0 && cursor >= c.closeAt-1 {
 			// Every event before the disconnect is queued: close once sent.
 			c.cursor = max(c.cursor, c.closeAt)
@@ -72,7 +75,7 @@ func (c *client) catchUp(resume bool) {
 		var scannedTo int64
 		var fromMemory bool
 		refiltered := false
-		if mem, to, ok := h.recent.after(cursor, catchUpBatch, c, topics, memBuf[:0]); ok {
+		if mem, to, ok := h.recent.after(cursor, catchUpBatch, c.userID, roles, topics, memBuf[:0]); ok {
 			memBuf, scannedTo, fromMemory = mem, to, true
 			h.metrics.pagesMemory.Add(1)
 			w := runWriter{c: c, ctx: ctx, wait: wait, gen: gen, run: run[:0]}
@@ -95,7 +98,7 @@ func (c *client) catchUp(resume bool) {
 			}
 			var err error
 			var done bool
-			scannedTo, buf, done, refiltered, err = c.pageFromTable(ctx, wait, cursor, topics, gen, buf[:0])
+			scannedTo, buf, done, refiltered, err = c.pageFromTable(ctx, wait, cursor, topics, roles, gen, buf[:0])
 			if done {
 				return
 			}
@@ -131,7 +134,7 @@ func (c *client) catchUp(resume bool) {
 // budget also starts at two rows of the largest size and doubles, up to
 // CatchUpPageBytes, while pages come back full. done is true when the
 // session ended or was cut.
-func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int64, topics []string, gen uint64,
+func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int64, topics, roles []string, gen uint64,
 	buf []stream.Event) (scannedTo int64, _ []stream.Event, done, refiltered bool, err error) {
 	h := c.hub
 	room, ok := c.waitForPageRoom(ctx, wait)
@@ -147,7 +150,7 @@ func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int
 	}
 	page, buf, err := h.store.ReadEntitled(ctx, stream.ReplayQuery{
 		After: cursor, Span: catchUpBatch, MaxBytes: maxBytes,
-		User: c.userID, Roles: c.roles, Topics: topics, SkipEmpty: !c.noSkip,
+		User: c.userID, Roles: roles, Topics: topics, SkipEmpty: !c.noSkip,
 	}, buf)
 	if err != nil {
 		release()

@@ -638,6 +638,8 @@ func (h *Hub) receive(c *client, b []byte) {
 	switch msg.Type {
 	case "subscribe":
 		h.subscribe(c, msg.Data.Topics)
+	case "refresh":
+		h.refresh(c, msg.Data.Token)
 	default:
 		c.writeControl(encodeControl(TypePong, nil))
 	}
@@ -673,6 +675,59 @@ func (h *Hub) subscribe(c *client, topics []string) {
 	c.mu.Unlock()
 	h.routes.add(c)
 	h.metrics.subscribes.Add(1)
+}
+
+// refresh replaces c's token in band: validated as at connect (and against
+// the revocations), its sub must be the session's user. The answer's seq N
+// splits like subscribe's (fanMu, the hub lock): events ≤ N were routed by
+// the old roles, events after N by the new; a catch-up page read under the
+// old roles is dropped and read again (filterGen). The session then
+// expires at the new exp. A refused token is answered with an error and
+// the session keeps its old token and expiry.
+func (h *Hub) refresh(c *client, raw string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	claims, err := h.auth.Validate(ctx, raw)
+	if err == nil {
+		if why := h.revoked.refuses(claims.UserID, claims.Issued, claims.Expires); why != "" {
+			err = errors.New(why)
+		}
+	}
+	if err != nil {
+		h.metrics.refreshes("invalid_token")
+		c.writeControl(encodeControl(TypeError, ErrorData{Code: ErrCodeInvalidToken, Message: err.Error()}))
+		return
+	}
+	if claims.UserID != c.userID {
+		h.metrics.refreshes("sub_mismatch")
+		c.writeControl(encodeControl(TypeError, ErrorData{Code: ErrCodeSubMismatch, Message: "the token is for another user: reconnect with it instead"}))
+		return
+	}
+	h.fanMu.Lock()
+	defer h.fanMu.Unlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.routes.remove(c) {
+		return // closing
+	}
+	h.expiries.remove(c)
+	c.mu.Lock()
+	// Events routed by the old roles go before the answer.
+	c.flushPending(nil)
+	c.roles, c.exp, c.iat = claims.Roles, claims.Expires, claims.Issued
+	c.filterGen++
+	if c.state == stateLive {
+		c.cursor = max(c.cursor, h.routedSeq)
+	}
+	var exp int64
+	if !c.exp.IsZero() {
+		exp = c.exp.Unix()
+	}
+	c.writeControl(encodeControl(TypeRefreshed, RefreshedData{Roles: c.roles, Exp: exp, Seq: c.cursor}))
+	c.mu.Unlock()
+	h.routes.add(c)
+	h.expiries.add(c)
+	h.metrics.refreshes("ok")
 }
 
 func (h *Hub) onError(s *melody.Session, err error) {

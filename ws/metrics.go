@@ -25,6 +25,7 @@ type hubMetrics struct {
 	drops      map[string]int64 // closes by reason
 	rejections map[string]int64 // refused connects by reason
 	errors     map[string]int64 // send errors by reason
+	refreshed  map[string]int64 // refreshes by outcome
 	topics     sync.Map         // topic → *atomic.Int64 of frames queued
 	topicsN    atomic.Int32     // distinct topics in topics
 	maxTopics  int32
@@ -36,7 +37,7 @@ type hubMetrics struct {
 const TopicOther = "other"
 
 func newHubMetrics(maxTopics int) *hubMetrics {
-	return &hubMetrics{drops: map[string]int64{}, rejections: map[string]int64{}, errors: map[string]int64{},
+	return &hubMetrics{drops: map[string]int64{}, rejections: map[string]int64{}, errors: map[string]int64{}, refreshed: map[string]int64{},
 		maxTopics: int32(maxTopics)}
 }
 
@@ -79,8 +80,12 @@ func (m *hubMetrics) bump(into map[string]int64, reason string) {
 	m.mu.Unlock()
 }
 
-func (m *hubMetrics) drop(reason string)   { m.bump(m.drops, reason) }
-func (m *hubMetrics) reject(reason string) { m.bump(m.rejections, reason) }
+func (m *hubMetrics) drop(reason string) { m.bump(m.drops, reason) }
+
+// refreshes counts in-band token refreshes by outcome: ok, invalid_token,
+// sub_mismatch.
+func (m *hubMetrics) refreshes(outcome string) { m.bump(m.refreshed, outcome) }
+func (m *hubMetrics) reject(reason string)     { m.bump(m.rejections, reason) }
 func (m *hubMetrics) sendError(reason string) {
 	m.sendErrors.Add(1)
 	m.bump(m.errors, reason)

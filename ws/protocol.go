@@ -22,6 +22,7 @@ const (
 	TypeError          = "error"
 	TypeNotification   = "notification"
 	TypeSubscribed     = "subscribed"
+	TypeRefreshed      = "refreshed"
 )
 
 // CloseError is a documented reason the server closes a connection.
@@ -172,8 +173,13 @@ type SubscribedData struct {
 
 // Client frame errors, as ErrorData codes.
 const (
-	ErrCodeBadJSON       = "bad_json"
-	ErrCodeUnknownType   = "unknown_type"
+	ErrCodeBadJSON     = "bad_json"
+	ErrCodeUnknownType = "unknown_type"
+	// ErrCodeInvalidToken and ErrCodeSubMismatch answer a refresh whose
+	// token is refused, or names another user: the session keeps its
+	// token and expiry.
+	ErrCodeInvalidToken  = "invalid_token"
+	ErrCodeSubMismatch   = "sub_mismatch"
 	ErrCodeInvalidTopics = "invalid_topics"
 )
 
@@ -183,7 +189,16 @@ type ClientMessage struct {
 	Type string `json:"type"`
 	Data struct {
 		Topics []string `json:"topics"`
+		Token  string   `json:"token"`
 	} `json:"data"`
+}
+
+// RefreshedData answers a refresh: the session now expires at Exp (unix
+// seconds; 0: no exp) and events with seq > Seq are routed by Roles.
+type RefreshedData struct {
+	Roles []string `json:"roles"`
+	Exp   int64    `json:"exp"`
+	Seq   int64    `json:"seq"`
 }
 
 // MaxTopics bounds a topic filter.
@@ -262,6 +277,11 @@ func DecodeClientMessage(b []byte) (ClientMessage, *ErrorData) {
 		}
 		m.Data.Topics = topics
 		return m, nil
+	case "refresh":
+		if m.Data.Token == "" {
+			return m, &ErrorData{Code: ErrCodeInvalidToken, Message: "refresh needs data.token"}
+		}
+		return m, nil
 	case "":
 		return m, &ErrorData{Code: ErrCodeUnknownType, Message: "missing \"type\""}
 	}
@@ -269,7 +289,7 @@ func DecodeClientMessage(b []byte) (ClientMessage, *ErrorData) {
 	if len(t) > 64 {
 		t = t[:64] + "…"
 	}
-	return m, &ErrorData{Code: ErrCodeUnknownType, Message: fmt.Sprintf("unknown message type %q; supported: ping, subscribe", t)}
+	return m, &ErrorData{Code: ErrCodeUnknownType, Message: fmt.Sprintf("unknown message type %q; supported: ping, subscribe, refresh", t)}
 }
 
 // ParseSince parses the since query parameter: empty means live only, else a

@@ -71,11 +71,11 @@ func (r *recentFrames) reset() {
 	r.start, r.n, r.bytes = 0, 0, 0
 }
 
-// after appends to buf the frames for c (entitled, and in topics unless
-// nil) with seq in (after, after+span],
+// after appends to buf the frames for user with roles (entitled, and in
+// topics unless nil) with seq in (after, after+span],
 // if the cache holds seq after+1; it returns the last seq it covered, or
 // ok=false when the table must be read instead.
-func (r *recentFrames) after(after int64, span int, c *client, topics []string, buf []recentItem) (_ []recentItem, scannedTo int64, ok bool) {
+func (r *recentFrames) after(after int64, span int, user string, roles, topics []string, buf []recentItem) (_ []recentItem, scannedTo int64, ok bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	if r.n == 0 {
@@ -91,7 +91,7 @@ func (r *recentFrames) after(after int64, span int, c *client, topics []string, 
 		if it.seq > scannedTo {
 			break
 		}
-		if it.frame != nil && c.entitled(it.users, it.roles) && (topics == nil || slices.Contains(topics, it.topic)) {
+		if it.frame != nil && entitled(user, roles, it.users, it.roles) && (topics == nil || slices.Contains(topics, it.topic)) {
 			buf = append(buf, *it)
 		}
 	}
@@ -99,15 +99,15 @@ func (r *recentFrames) after(after int64, span int, c *client, topics []string, 
 }
 
 // entitled mirrors the table's filter: a broadcast (both targets nil), or
-// the client's user or one of its roles among the targets.
-func (c *client) entitled(users, roles []string) bool {
+// the user or one of its roles among the targets.
+func entitled(user string, userRoles, users, roles []string) bool {
 	if users == nil && roles == nil {
 		return true
 	}
-	if slices.Contains(users, c.userID) {
+	if slices.Contains(users, user) {
 		return true
 	}
-	for _, r := range c.roles {
+	for _, r := range userRoles {
 		if slices.Contains(roles, r) {
 			return true
 		}

@@ -129,7 +129,7 @@ func (r *routing) each(topic string, users, roles []string, gen uint64, fn func(
 		}
 	}
 	for c := range r.byTopic[topic] {
-		if c.mark != gen && c.entitled(users, roles) {
+		if c.mark != gen && entitled(c.userID, c.roles, users, roles) {
 			c.mark = gen
 			fn(c)
 		}

@@ -60,6 +60,7 @@ func (h *Hub) initTelemetry() {
 	subscriptions, _ := m.Int64ObservableGauge("outboxd.ws.subscriptions", metric.WithDescription("Sessions with a topic filter."))
 	sendErrors, _ := m.Int64ObservableCounter("outboxd.ws.send.errors", metric.WithDescription("Frames that could not be sent, by reason."))
 	drops, _ := m.Int64ObservableCounter("outboxd.ws.drops", metric.WithDescription("Sessions closed by the server, by reason."))
+	refreshes, _ := m.Int64ObservableCounter("outboxd.ws.refreshes", metric.WithDescription("In-band token refreshes, by outcome: ok, invalid_token, sub_mismatch."))
 	broadcasts, _ := m.Int64ObservableCounter("outboxd.ws.broadcasts", metric.WithDescription("Test broadcasts."))
 	catchUps, _ := m.Int64ObservableCounter("outboxd.ws.catchups", metric.WithDescription("Times a session's live queue filled and it caught up from memory or the table."))
 	resyncs, _ := m.Int64ObservableCounter("outboxd.ws.resyncs", metric.WithDescription("resync_required frames sent."))
@@ -102,6 +103,11 @@ func (h *Hub) initTelemetry() {
 		for r, n := range rj {
 			o.ObserveInt64(rejections, n, reason(r))
 		}
+		hm.mu.Lock()
+		for outcome, n := range hm.refreshed {
+			o.ObserveInt64(refreshes, n, metric.WithAttributes(attribute.String("outcome", outcome)))
+		}
+		hm.mu.Unlock()
 		for r, n := range se {
 			o.ObserveInt64(sendErrors, n, reason(r))
 		}
@@ -117,7 +123,7 @@ func (h *Hub) initTelemetry() {
 			o.ObserveFloat64(oldest, st.Lag)
 		}
 		return nil
-	}, sessions, byRole, users, subscriptions, connects, rejections, sent, sendErrors, drops, broadcasts, catchUps, resyncs, malformed, pages,
+	}, sessions, byRole, users, subscriptions, connects, rejections, sent, sendErrors, drops, refreshes, broadcasts, catchUps, resyncs, malformed, pages,
 		head, dispatched, lag, pending, oldest)
 }
 
