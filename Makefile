@@ -17,6 +17,7 @@ db-up: ## Make sure the local PostgreSQL is running (starts it if down)
 test-deps: db-up ## Everything the tests need: PostgreSQL up, chromium, pgbouncer, the Python example's packages, Jaeger
 	@scripts/ensure-chromium.sh
 	@scripts/ensure-pgbouncer.sh
+	@scripts/ensure-node.sh
 	@scripts/ensure-python.sh
 	@scripts/ensure-jaeger.sh
 

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os/exec"
 	"strings"
 	"time"
 
@@ -118,6 +119,7 @@ func cmdTail(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 	fs := newFlagSet("tail", "Connect to outboxd, print every frame as a JSON line; reconnects with since= after a disconnect.", stderr)
 	addr := fs.String("url", "ws://127.0.0.1:8002/ws/connect", "WebSocket URL of /ws/connect")
 	token := fs.String("token", "", "JWT (default: mint one from SECRET_KEY for --sub/--roles)")
+	tokenCmd := fs.String("token-command", "", "shell command that prints a fresh JWT: run for every connection and before each token expires (refreshed in band)")
 	sub := fs.String("sub", "cli", "user id for a minted token")
 	roles := fs.String("roles", "", "comma list of roles for a minted token")
 	since := fs.Int64("since", -1, "resume after this seq (-1: live only)")
@@ -128,13 +130,18 @@ func cmdTail(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *token == "" {
+	if *token != "" && *tokenCmd != "" {
+		return errors.New("give --token or --token-command, not both")
+	}
+	var mint func(context.Context) (string, error)
+	if *token == "" && *tokenCmd == "" {
+		// No token given: mint one from SECRET_KEY for every connection,
+		// and a new one before each expires (refreshed in band).
 		secret, _ := cfg.SigningKey()
-		t, err := ws.MintHS256(secret, *sub, splitList(*roles), 24*time.Hour)
-		if err != nil {
+		if _, err := ws.MintHS256(secret, *sub, splitList(*roles), time.Hour); err != nil {
 			return err
 		}
-		*token = t
+		mint = func(context.Context) (string, error) { return ws.MintHS256(secret, *sub, splitList(*roles), time.Hour) }
 	}
 	if *duration > 0 {
 		var cancel context.CancelFunc
@@ -143,6 +150,16 @@ func cmdTail(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 	}
 	seen := 0
 	r := &wsclient.Resumer{URLs: []string{*addr}, Token: *token, Since: *since, Epoch: *epoch, Topics: splitList(*topics)}
+	r.TokenFunc = mint
+	if *tokenCmd != "" {
+		r.TokenFunc = func(ctx context.Context) (string, error) {
+			out, err := exec.CommandContext(ctx, "sh", "-c", *tokenCmd).Output()
+			if err != nil {
+				return "", fmt.Errorf("--token-command: %w", err)
+			}
+			return strings.TrimSpace(string(out)), nil
+		}
+	}
 	r.OnFrame = func(f wsclient.Frame) error {
 		if f.Duplicate {
 			return nil // dedupe by seq

@@ -168,3 +168,44 @@ func TestEmitEmptyTargetsNeverBroadcast(t *testing.T) {
 		t.Fatalf("%d broadcasts, want the one --broadcast", n)
 	}
 }
+
+// outboxd tail with --token-command refreshes its token in band before it
+// expires and is never cut; with a static --token it exits non-zero at
+// 4001, which it cannot recover from.
+func TestTailRefreshesInBand(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	p := startOutboxd(t, db)
+	tokenCmd := binary + " token --sub op1 --roles LEVEL_1 --ttl 3s"
+	tail := exec.Command(binary, "tail", "--url", "ws://"+p.Addr+"/ws/connect", "--token-command", tokenCmd, "--count", "1", "--duration", "30s")
+	tail.Env = []string{"SECRET_KEY=" + testSecret, "PATH=/usr/bin:/bin"}
+	var out, errOut proctest.SyncBuffer
+	tail.Stdout, tail.Stderr = &out, &errOut
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tail.Process.Kill(); _ = tail.Wait() })
+	// Three refreshes take the session past its first token's exp.
+	eventually(t, 20*time.Second, func() bool { return strings.Count(out.String(), `"type":"refreshed"`) >= 3 },
+		func() string { return "three refreshes: stdout " + out.String() + " stderr " + errOut.String() })
+	runCLI(t, db, "emit", "--topic", "task_event", "--data", `{"n":1}`, "--roles", "LEVEL_1")
+	if err := tail.Wait(); err != nil {
+		t.Fatalf("tail: %v\n%s", err, errOut.String())
+	}
+	if strings.Contains(errOut.String(), "reconnecting") || !strings.Contains(out.String(), `"type":"task_event"`) {
+		t.Fatalf("tail reconnected or missed the event:\nstdout %s\nstderr %s", out.String(), errOut.String())
+	}
+
+	mintCmd := exec.Command(binary, "token", "--sub", "op1", "--ttl", "2s")
+	mintCmd.Env = []string{"SECRET_KEY=" + testSecret}
+	short, err := mintCmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	static := exec.Command(binary, "tail", "--url", "ws://"+p.Addr+"/ws/connect", "--token", strings.TrimSpace(string(short)), "--duration", "30s")
+	static.Env = []string{"SECRET_KEY=" + testSecret}
+	b, err := static.CombinedOutput()
+	if err == nil || !strings.Contains(string(b), "static token cannot recover") {
+		t.Fatalf("tail with a static token at its exp: %v\n%s", err, b)
+	}
+}

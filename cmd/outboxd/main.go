@@ -21,7 +21,6 @@ import (
 	"syscall"
 	"time"
 
-
 	"github.com/grupogad/outboxd/observability"
 	"github.com/grupogad/outboxd/outbox"
 	"github.com/grupogad/outboxd/server"

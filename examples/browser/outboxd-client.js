@@ -15,6 +15,7 @@
  *     onMessage: (msg) => {},                  // control frames: welcome, notification, error, pong
  *     tokenIn: "protocol",                     // default: Sec-WebSocket-Protocol outboxd.token.<JWT>; "query": ?token=
  *     topics: ["task_event"],                  // optional topic filter (default: every topic)
+ *     refreshBefore: 30000,                    // ms before the token's exp to refresh it in band (0: never)
  *   });
  *   client.subscribe(["task_event", "system_event"]); // change it at run time (null: every topic);
  *                                                     // kept across reconnects
@@ -25,6 +26,11 @@
  * are deduplicated by seq. It sends the epoch of the stream with since, so a
  * database that was restored or recreated answers resync_required (reason
  * "epoch") instead of replaying other events under the same seqs. Close codes:
+ * Before the token expires the client asks getToken for a new one and hands
+ * it to the server in band ({"type":"refresh"}): the session goes on, with
+ * the new token's roles from the answered seq, and is not cut at the old exp.
+ * If the refresh is refused, the server closes at the old exp with 4001 and
+ * the client reconnects as below.
  * 4001 (token expired) asks getToken for a fresh token and reconnects at once;
  * 4003 (revoked by the app: outbox.disconnect) asks getToken too, and stops
  * if it gets none;
@@ -57,14 +63,54 @@
     this.minDelay = opts.minDelay || 500;
     this.maxDelay = opts.maxDelay || 15000;
     this.pingInterval = opts.pingInterval || 25000;
+    this.refreshBefore = typeof opts.refreshBefore === "number" ? opts.refreshBefore : 30000;
     this.WebSocket = opts.WebSocket || root.WebSocket;
     this.attempt = 0;
     this.state = "closed";
     this._ws = null;
     this._timer = null;
     this._ping = null;
+    this._refreshTimer = null;
+    this._tokenExp = 0;
     this._stopped = true;
   }
+
+  // tokenExp reads a JWT's exp (unix seconds; 0 if none or unreadable). The
+  // token is not verified here: the server does that.
+  function tokenExp(token) {
+    try {
+      var part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      while (part.length % 4) part += "=";
+      var exp = JSON.parse(atob(part)).exp;
+      return typeof exp === "number" ? exp : 0;
+    } catch (e) {
+      return 0;
+    }
+  }
+  OutboxdClient.tokenExp = tokenExp;
+
+  // _scheduleRefresh arms the in-band refresh refreshBefore ms before exp.
+  OutboxdClient.prototype._scheduleRefresh = function (exp) {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (!exp || this.refreshBefore <= 0) return;
+    var wait = Math.max(1000, exp * 1000 - Date.now() - this.refreshBefore);
+    var self = this;
+    this._refreshTimer = setTimeout(function () { self._refresh(); }, Math.min(wait, 2147483647));
+  };
+
+  OutboxdClient.prototype._refresh = async function () {
+    var ws = this._ws;
+    if (!ws || ws.readyState !== 1) return;
+    var token;
+    try {
+      token = await this.getToken();
+    } catch (e) {
+      return; // the server closes with 4001 at exp; the reconnect asks again
+    }
+    if (this._ws !== ws || ws.readyState !== 1 || !token) return;
+    ws.send(JSON.stringify({ type: "refresh", data: { token: token } }));
+  };
 
   OutboxdClient.prototype._setState = function (state, info) {
     this.state = state;
@@ -93,6 +139,7 @@
     this._stopped = true;
     clearTimeout(this._timer);
     clearInterval(this._ping);
+    clearTimeout(this._refreshTimer);
     if (this._ws) this._ws.close(1000, "client closed");
     this._ws = null;
     info = info || {};
@@ -113,6 +160,7 @@
     if (self._stopped) return;
     if (self._revoked && !token) return self.close({ code: 4003, reason: "revoked; no new token" });
     self._revoked = false;
+    self._tokenExp = tokenExp(token);
     // The token travels as a subprotocol by default: it stays out of URLs,
     // and so out of proxy access logs and browser history.
     var params = [];
@@ -138,6 +186,7 @@
     ws.onclose = function (e) {
       if (self._ws !== ws) return;
       clearInterval(self._ping);
+      clearTimeout(self._refreshTimer);
       self._ws = null;
       if (self._stopped) return;
       var info = { code: e.code, reason: e.reason, since: self.lastSeq };
@@ -187,6 +236,9 @@
         if (self._ws && self._ws.readyState === 1) self._ws.send('{"type":"ping"}');
       }, this.pingInterval);
       this._setState("open", { since: this.lastSeq, epoch: this.epoch, user: msg.data.user_id, roles: msg.data.roles });
+      this._scheduleRefresh(this._tokenExp);
+    } else if (msg.type === "refreshed") {
+      this._scheduleRefresh(msg.data.exp);
     } else if (msg.type === "resync_required") {
       try { this.onResync(msg.data.oldest_seq, msg.data.reason); } catch (e) { console.error(e); }
     }

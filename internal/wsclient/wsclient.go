@@ -7,6 +7,7 @@ package wsclient
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,6 +44,13 @@ type Resumer struct {
 	// URLs of /ws/connect; each reconnect moves to the next one.
 	URLs  []string
 	Token string
+	// TokenFunc, if set, gives the token for every connection instead of
+	// Token, and a new one before the current expires, handed over in band
+	// ({"type":"refresh"}) RefreshBefore its exp (default 30 s): the
+	// session goes on. Without it a 4001 (token expired) ends Run, as a
+	// static token cannot recover.
+	TokenFunc     func(ctx context.Context) (string, error)
+	RefreshBefore time.Duration
 	// Since is the seq to resume after; negative means live only for the
 	// first connection (later ones always resume).
 	Since int64
@@ -65,6 +73,60 @@ type Resumer struct {
 
 	last    int64
 	started bool
+	// refreshed carries each refreshed frame's exp to refresh.
+	refreshed chan int64
+}
+
+// refresh hands the server a new token RefreshBefore each exp, until ctx
+// ends (the connection's).
+func (r *Resumer) refresh(ctx context.Context, conn *websocket.Conn, exp int64) {
+	before := r.RefreshBefore
+	if before <= 0 {
+		before = 30 * time.Second
+	}
+	for exp > 0 {
+		wait := max(time.Until(time.Unix(exp, 0).Add(-before)), time.Second)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		tok, err := r.TokenFunc(ctx)
+		if err != nil {
+			return // the server closes at exp (4001): the reconnect asks again
+		}
+		msg, _ := json.Marshal(map[string]any{"type": "refresh", "data": map[string]string{"token": tok}})
+		if err := conn.WriteMessage(websocket.TextMessage, msg); err != nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case exp = <-r.refreshed:
+		case <-time.After(30 * time.Second):
+			return // no answer: the close at exp says what happened
+		}
+	}
+}
+
+// TokenExp reads a JWT's exp (unix seconds; 0 if none or unreadable),
+// without verifying it: the server does that.
+func TokenExp(token string) int64 {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return 0
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return 0
+	}
+	var c struct {
+		Exp float64 `json:"exp"`
+	}
+	if json.Unmarshal(b, &c) != nil {
+		return 0
+	}
+	return int64(c.Exp)
 }
 
 // Last is the last seq received.
@@ -140,11 +202,17 @@ func (r *Resumer) once(ctx context.Context, raw string) error {
 	q.Set("batch", "1") // several events per frame, one per line
 
 	u.RawQuery = q.Encode()
+	token := r.Token
+	if r.TokenFunc != nil {
+		if token, err = r.TokenFunc(ctx); err != nil {
+			return fmt.Errorf("token: %w", err)
+		}
+	}
 	d := websocket.Dialer{HandshakeTimeout: r.HandshakeTimeout}
 	if d.HandshakeTimeout == 0 {
 		d.HandshakeTimeout = 5 * time.Second
 	}
-	conn, resp, err := d.DialContext(ctx, u.String(), http.Header{"Authorization": {"Bearer " + r.Token}})
+	conn, resp, err := d.DialContext(ctx, u.String(), http.Header{"Authorization": {"Bearer " + token}})
 	if err != nil {
 		if resp != nil {
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
@@ -156,8 +224,18 @@ func (r *Resumer) once(ctx context.Context, raw string) error {
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 	defer stop()
 	r.started = true
+	if r.TokenFunc != nil {
+		r.refreshed = make(chan int64, 1)
+		rctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go r.refresh(rctx, conn, TokenExp(token))
+	}
 	for {
 		_, b, err := conn.ReadMessage()
+		var ce *websocket.CloseError
+		if errors.As(err, &ce) && ce.Code == 4001 && r.TokenFunc == nil {
+			return fmt.Errorf("%w: token expired (4001): a static token cannot recover; give a token command", ErrRefused)
+		}
 		if err != nil {
 			return err
 		}
@@ -183,6 +261,7 @@ func (r *Resumer) frame(b []byte) error {
 		Data struct {
 			HeadSeq int64  `json:"head_seq"`
 			Epoch   string `json:"epoch"`
+			Exp     int64  `json:"exp"`
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(b, &f); err != nil {
@@ -201,6 +280,11 @@ func (r *Resumer) frame(b []byte) error {
 			r.last = f.Data.HeadSeq
 		}
 		r.Epoch = f.Data.Epoch
+	case f.Type == "refreshed" && r.refreshed != nil:
+		select {
+		case r.refreshed <- f.Data.Exp:
+		default:
+		}
 	}
 	if r.OnFrame != nil {
 		if err := r.OnFrame(fr); err != nil {
