@@ -351,13 +351,14 @@ func waitForDatabase(ctx context.Context, pool *pgxpool.Pool, limit time.Duratio
 }
 
 // instrument traces HTTP requests with otelhttp, except the long-lived
-// /ws/connect, which records its own short handshake span.
+// streams (/ws/connect, /ws/sse), which record a short handshake span of
+// their own.
 func instrument(mux *http.ServeMux) http.Handler {
 	traced := otelhttp.NewHandler(mux, "http", otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
 		return r.Method + " " + r.URL.Path
 	}))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/ws/connect" {
+		if r.URL.Path == "/ws/connect" || r.URL.Path == "/ws/sse" {
 			mux.ServeHTTP(w, r)
 			return
 		}

@@ -27,13 +27,15 @@ const controlReserve = 4
 // frames), catchup.go (catch-up from memory or the table), disconnect.go
 // (outbox.disconnect), and the live path and lifecycle here.
 type client struct {
-	hub    *Hub
-	out    Transport // set when the session opens (Hub.attach)
-	userID string
-	roles  []string
-	exp    time.Time
-	iat    time.Time // the token's iat (zero: none), against revocations
-	remote string
+	hub *Hub
+	out Transport // set when the session opens (Hub.attach)
+	// transport names it in metrics: TransportWebSocket or TransportSSE.
+	transport string
+	userID    string
+	roles     []string
+	exp       time.Time
+	iat       time.Time // the token's iat (zero: none), against revocations
+	remote    string
 
 	heapIdx int // position in Hub.expiries; guarded by Hub.mu
 

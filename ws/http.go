@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -21,6 +22,7 @@ import (
 // default, or an admin address).
 func (h *Hub) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /ws/connect", h.handleConnect)
+	mux.HandleFunc("GET /ws/sse", h.handleSSE)
 	mux.HandleFunc("POST /ws/_test/broadcast", h.handleTestBroadcast)
 	mux.HandleFunc("POST /ws/_test/token", h.handleTestToken)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -41,76 +43,111 @@ type httpError struct {
 	Detail string `json:"detail"`
 }
 
-// handleConnect authenticates and upgrades. It is not wrapped by otelhttp
-// (the request lasts as long as the connection): a short "ws.handshake"
-// span covers the checks and the upgrade instead.
-func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
-	_, span := h.tel.tracer.Start(r.Context(), "ws.handshake", trace.WithSpanKind(trace.SpanKindServer))
+// opening is a stream request that passed the checks every transport
+// shares: the session to attach, and the handshake slot it holds.
+type opening struct {
+	c            *client
+	fromProtocol bool
+	release      func() // gives the handshake slot back (once)
+}
+
+// openSession runs the checks every transport shares, before any stream
+// starts — shutdown, origin, handshakes in flight, connect rate, the token
+// and its revocation, since/epoch/topics (and batch where the transport
+// takes it), the connection limits — and answers a refusal with its HTTP
+// status and JSON error. ok is false when it answered. lastEventID, when
+// the request carries one (SSE), is the since that wins over the query's.
+func (h *Hub) openSession(w http.ResponseWriter, r *http.Request, span trace.Span, withBatch bool) (o opening, ok bool) {
 	reject := func(status int, reason string, body any) {
 		h.metrics.reject(reason)
 		endWithError(span, reason)
 		writeJSON(w, status, body)
 	}
+	o.release = func() {}
 	if h.closing.Load() {
 		reject(http.StatusServiceUnavailable, "shutting_down", httpError{"shutting_down", "server is shutting down: reconnect to another replica"})
-		return
+		return o, false
 	}
 	if !h.originAllowed(r) {
 		reject(http.StatusForbidden, "origin", httpError{"forbidden_origin", "origin not allowed"})
-		return
+		return o, false
 	}
 	if limit := h.cfg.Limits.MaxHandshakes; limit > 0 {
 		if h.handshakes.Add(1) > int32(limit) {
 			h.handshakes.Add(-1)
 			w.Header().Set("Retry-After", "1")
 			reject(http.StatusServiceUnavailable, "busy", httpError{"busy", "too many connections being opened; retry in a second"})
-			return
+			return o, false
 		}
-		defer h.handshakes.Add(-1)
+		var once sync.Once
+		o.release = func() { once.Do(func() { h.handshakes.Add(-1) }) }
 	}
+	fail := func() (opening, bool) { o.release(); return o, false }
 	addr := clientAddr(r, h.cfg.TrustedProxies)
 	if ok, wait := h.connectLimiter.allow(addr, time.Now()); !ok {
 		w.Header().Set("Retry-After", retryAfter(wait))
 		reject(http.StatusTooManyRequests, "rate_limited", httpError{"rate_limited", "too many connection attempts from this address; retry later"})
-		return
+		return fail()
 	}
 	raw, fromProtocol := tokenFromRequest(r)
 	claims, err := h.auth.Validate(r.Context(), raw)
 	if err != nil {
 		reject(http.StatusUnauthorized, "invalid_token", httpError{"invalid_token", err.Error()})
-		return
+		return fail()
 	}
 	if why := h.revoked.refuses(claims.UserID, claims.Issued, claims.Expires); why != "" {
 		reject(http.StatusUnauthorized, "revoked", httpError{"invalid_token", why})
-		return
+		return fail()
 	}
 	q := r.URL.Query()
-	since, hasSince, err := ParseSince(q.Get("since"))
+	sinceRaw := q.Get("since")
+	if id := r.Header.Get("Last-Event-ID"); id != "" {
+		sinceRaw = id // an EventSource resuming: its last id wins
+	}
+	since, hasSince, err := ParseSince(sinceRaw)
 	if err != nil {
 		reject(http.StatusBadRequest, "invalid_since", httpError{"invalid_since", err.Error()})
-		return
+		return fail()
 	}
 	epoch, err := ParseEpoch(q.Get("epoch"))
 	if err != nil {
 		reject(http.StatusBadRequest, "invalid_epoch", httpError{"invalid_epoch", err.Error()})
-		return
+		return fail()
 	}
 	topics, err := ParseTopics(q.Get("topics"))
 	if err != nil {
 		reject(http.StatusBadRequest, "invalid_topics", httpError{"invalid_topics", err.Error()})
-		return
+		return fail()
 	}
-	batch, err := ParseBatch(q.Get("batch"))
-	if err != nil {
-		reject(http.StatusBadRequest, "invalid_batch", httpError{"invalid_batch", err.Error()})
-		return
+	batch := true // a one-way stream writes each envelope as an event of its own anyway
+	if withBatch {
+		if batch, err = ParseBatch(q.Get("batch")); err != nil {
+			reject(http.StatusBadRequest, "invalid_batch", httpError{"invalid_batch", err.Error()})
+			return fail()
+		}
 	}
 	if status, reason := h.overLimit(claims.UserID); status != 0 {
 		reject(status, reason, httpError{reason, "connection limit reached; retry later"})
+		return fail()
+	}
+	o.c = h.newClient(claims, addr, sessionParams{since: since, hasSince: hasSince, epoch: epoch, topics: topics, batch: batch})
+	o.c.handshake = span
+	o.fromProtocol = fromProtocol
+	return o, true
+}
+
+// handleConnect authenticates and upgrades. It is not wrapped by otelhttp
+// (the request lasts as long as the connection): a short "ws.handshake"
+// span covers the checks and the upgrade instead.
+func (h *Hub) handleConnect(w http.ResponseWriter, r *http.Request) {
+	_, span := h.tel.tracer.Start(r.Context(), "ws.handshake", trace.WithSpanKind(trace.SpanKindServer))
+	o, ok := h.openSession(w, r, span, true)
+	if !ok {
 		return
 	}
-	c := h.newClient(claims, addr, sessionParams{since: since, hasSince: hasSince, epoch: epoch, topics: topics, batch: batch})
-	c.handshake = span
+	defer o.release()
+	c, fromProtocol := o.c, o.fromProtocol
+
 	// The token stays out of every log: melody keeps the request, so drop
 	// it from the URL too.
 	r.URL.RawQuery = ""
@@ -152,6 +189,7 @@ func (h *Hub) newClient(claims Claims, remote string, p sessionParams) *client {
 		hub: h, userID: claims.UserID, roles: claims.Roles, exp: claims.Expires, iat: claims.Issued,
 		remote: remote, since: p.since, hasSince: p.hasSince, epoch: p.epoch, topics: topicSet(p.topics), heapIdx: -1, batch: p.batch,
 		sent: make(chan struct{}, 1), done: make(chan struct{}), upgraded: make(chan struct{}),
+		transport: TransportWebSocket,
 	}
 	if l := h.cfg.Limits; l.MessageRate > 0 {
 		c.msgLimiter = rate.NewLimiter(rate.Limit(l.MessageRate), max(l.MessageBurst, 1))

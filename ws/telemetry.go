@@ -54,6 +54,7 @@ func (h *Hub) initTelemetry() {
 	byRole, _ := m.Int64ObservableGauge("outboxd.ws.connections.by_role",
 		metric.WithDescription("Open sessions by JWT role (a session with several roles counts under each; sessions without a role: no_role=\"true\", no role label)."))
 	users, _ := m.Int64ObservableGauge("outboxd.ws.users", metric.WithDescription("Distinct users connected."))
+	byTransport, _ := m.Int64ObservableGauge("outboxd.ws.sessions.by_transport", metric.WithDescription("Open sessions by transport: websocket or sse."))
 	connects, _ := m.Int64ObservableCounter("outboxd.ws.connects", metric.WithDescription("Accepted WebSocket connections."))
 	rejections, _ := m.Int64ObservableCounter("outboxd.ws.rejections", metric.WithDescription("Refused connection attempts by reason."))
 	sent, _ := m.Int64ObservableCounter("outboxd.ws.messages.sent", metric.WithDescription("Event and notification frames handed to sessions, by topic."))
@@ -77,6 +78,10 @@ func (h *Hub) initTelemetry() {
 	_, _ = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		h.mu.RLock()
 		o.ObserveInt64(sessions, int64(len(h.routes.all)))
+		perTransport := map[string]int64{TransportWebSocket: 0, TransportSSE: 0}
+		for c := range h.routes.all {
+			perTransport[c.transport]++
+		}
 		o.ObserveInt64(users, int64(len(h.routes.byUser)))
 		o.ObserveInt64(subscriptions, int64(len(h.routes.all)-len(h.routes.open)))
 		for role, n := range h.routes.roles {
@@ -84,6 +89,9 @@ func (h *Hub) initTelemetry() {
 		}
 		noRole := h.routes.noRole
 		h.mu.RUnlock()
+		for tr, n := range perTransport {
+			o.ObserveInt64(byTransport, n, metric.WithAttributes(attribute.String("transport", tr)))
+		}
 		// Sessions without a role carry no role label at all, so that no
 		// role name (not even "none") can be mistaken for them.
 		o.ObserveInt64(byRole, int64(noRole), metric.WithAttributes(attribute.Bool("no_role", true)))
@@ -123,7 +131,7 @@ func (h *Hub) initTelemetry() {
 			o.ObserveFloat64(oldest, st.Lag)
 		}
 		return nil
-	}, sessions, byRole, users, subscriptions, connects, rejections, sent, sendErrors, drops, refreshes, broadcasts, catchUps, resyncs, malformed, pages,
+	}, sessions, byTransport, byRole, users, subscriptions, connects, rejections, sent, sendErrors, drops, refreshes, broadcasts, catchUps, resyncs, malformed, pages,
 		head, dispatched, lag, pending, oldest)
 }
 
