@@ -2,6 +2,10 @@ package main
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -104,7 +108,7 @@ func TestBrowserPageLiveAndResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitText("#state", "open")
-	waitText("#status-line", "connected as op7 [LEVEL_1]")
+	waitText("#status-line", "connected over WebSocket as op7 [LEVEL_1]")
 	// The client carries its token as a subprotocol, not in the URL.
 	proto, err := chromedp.Run(ctx, chromedp.Evaluate[string](`client._ws.protocol + " " + client._ws.url`))
 	if err != nil {
@@ -212,4 +216,86 @@ func TestBrowserPageLiveAndResume(t *testing.T) {
 	waitText("#status-line", "closed (4003: revoked; no new token)")
 	waitText("#log", "connection closed (4003: permissions changed)")
 	shot("browser-e2e-revoked.png")
+}
+
+// Behind a proxy that breaks WebSocket upgrades (403), the demo page's
+// client falls back to Server-Sent Events by itself, shows it, receives a
+// committed row, and resumes over SSE by itself across a sidecar restart.
+func TestBrowserFallsBackToSSE(t *testing.T) {
+	t.Parallel()
+	if _, err := os.Stat(chromiumPath()); err != nil {
+		t.Fatalf("chromium is required for this test (scripts/ensure-chromium.sh installs it): %v", err)
+	}
+	db := dbtest.New(t)
+	p := startOutboxd(t, db, "TEST_TOKENS=true")
+	target, _ := url.Parse("http://" + p.Addr)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.FlushInterval = -1 // stream SSE as it comes
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			http.Error(w, "WebSocket upgrades are not allowed here", http.StatusForbidden)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(proxy.Close)
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromiumPath()), chromedp.Flag("headless", true), chromedp.NoSandbox, chromedp.DisableGPU,
+		chromedp.Flag("disable-background-networking", true), chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 800))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelAlloc()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	ctx, cancelT := context.WithTimeout(ctx, 90*time.Second)
+	defer cancelT()
+	waitText := func(sel, want string) {
+		t.Helper()
+		var got string
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			var err error
+			if got, err = chromedp.Run(ctx, chromedp.TextContent(sel)); err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(got, want) {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Fatalf("%s never showed %q; it shows %q", sel, want, got)
+	}
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(proxy.URL+"/"),
+		chromedp.WaitVisible("#dev-token"),
+		chromedp.SetValue("#sub", "op8"),
+		chromedp.Click("#dev-token"),
+	); err != nil {
+		t.Fatal(err)
+	}
+	waitText("#token-hint", "Development token for op8")
+	if err := chromedp.Do(ctx, chromedp.Click("#connect")); err != nil {
+		t.Fatal(err)
+	}
+	waitText("#status-line", "connected over SSE as op8")
+	db.Exec(t, `SELECT outbox.emit('task_event', '{"titulo": "over SSE"}', NULL, ARRAY['LEVEL_1'])`)
+	waitText("#log", "over SSE")
+
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.Wait()
+	waitText("#state", "reconnecting")
+	db.Exec(t, `SELECT outbox.emit('system_event', '{"alerta": "committed while down, resumed over SSE"}')`)
+	startOutboxdAt(t, db, p.Addr, "TEST_TOKENS=true")
+	waitText("#log", "committed while down, resumed over SSE")
+	waitText("#status-line", "connected over SSE")
+	seqs, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](
+		`Array.from(document.querySelectorAll('#log .ev[data-seq]')).map(e => e.dataset.seq).reverse()`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(seqs, ",") != "1,2" {
+		t.Fatalf("page shows events with seqs %v, want 1,2", seqs)
+	}
 }

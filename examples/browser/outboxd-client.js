@@ -16,6 +16,8 @@
  *     tokenIn: "protocol",                     // default: Sec-WebSocket-Protocol outboxd.token.<JWT>; "query": ?token=
  *     topics: ["task_event"],                  // optional topic filter (default: every topic)
  *     refreshBefore: 30000,                    // ms before the token's exp to refresh it in band (0: never)
+ *     transport: "auto",                       // "websocket", "sse" (Server-Sent Events at /ws/sse), or "auto":
+ *                                              // WebSocket, and SSE after two WebSocket opens fail
  *   });
  *   client.subscribe(["task_event", "system_event"]); // change it at run time (null: every topic);
  *                                                     // kept across reconnects
@@ -65,6 +67,14 @@
     this.pingInterval = opts.pingInterval || 25000;
     this.refreshBefore = typeof opts.refreshBefore === "number" ? opts.refreshBefore : 30000;
     this.WebSocket = opts.WebSocket || root.WebSocket;
+    this.fetch = opts.fetch || (typeof root.fetch === "function" ? root.fetch.bind(root) : null);
+    this.transport = opts.transport === "sse" || opts.transport === "websocket" ? opts.transport : "auto";
+    this.sseURL = opts.sseURL || this.url.replace(/^ws/, "http").replace(/\/ws\/connect(\?|$)/, "/ws/sse$1");
+    // _useSSE: this client streams over SSE (forced, or after WebSocket
+    // opens kept failing: a proxy that breaks upgrades).
+    this._useSSE = this.transport === "sse";
+    this._wsFailures = 0;
+    this._abort = null;
     this.attempt = 0;
     this.state = "closed";
     this._ws = null;
@@ -142,6 +152,8 @@
     clearTimeout(this._refreshTimer);
     if (this._ws) this._ws.close(1000, "client closed");
     this._ws = null;
+    if (this._abort) this._abort.abort();
+    this._abort = null;
     info = info || {};
     info.since = this.lastSeq;
     this._setState("closed", info);
@@ -170,15 +182,18 @@
       if (self.epoch !== null) params.push("epoch=" + encodeURIComponent(self.epoch));
     }
     if (self.topics !== null) params.push("topics=" + self.topics.map(encodeURIComponent).join(","));
+    if (self._useSSE) return self._openSSE(token, params);
     params.push("batch=1"); // several events per frame, one per line: fewer frames under load
     var url = self.url + (params.length ? (self.url.indexOf("?") < 0 ? "?" : "&") + params.join("&") : "");
     var ws;
     try {
       ws = self.tokenIn === "query" ? new self.WebSocket(url) : new self.WebSocket(url, ["outboxd.v1", "outboxd.token." + token]);
     } catch (e) {
+      self._wsFailed();
       return self._retry({ reason: String(e) });
     }
     self._ws = ws;
+    self._welcomed = false;
     ws.onmessage = function (m) {
       var lines = String(m.data).split("\n");
       for (var i = 0; i < lines.length; i++) if (self._ws === ws) self._frame(lines[i]);
@@ -188,15 +203,84 @@
       clearInterval(self._ping);
       clearTimeout(self._refreshTimer);
       self._ws = null;
-      if (self._stopped) return;
-      var info = { code: e.code, reason: e.reason, since: self.lastSeq };
-      if (e.code === 4003) self._revoked = true; // the app changed this user's rights: ask it for a token
-      if (e.code === 4001 || e.code === 4003 || e.code === 4008 || e.code === 1001 || e.code === 1012) {
-        self.attempt = Math.max(self.attempt, 1);
-        return self._retry(info, 0); // at once, with since (and a fresh token)
-      }
-      self._retry(info);
+      if (!self._welcomed) self._wsFailed();
+      self._closed(e.code, e.reason);
     };
+  };
+
+  // _wsFailed counts a WebSocket open that failed before its welcome; in
+  // "auto" two in a row switch the client to SSE.
+  OutboxdClient.prototype._wsFailed = function () {
+    this._wsFailures++;
+    if (this.transport === "auto" && this._wsFailures >= 2 && this.fetch) this._useSSE = true;
+  };
+
+  // _closed reacts to a session's end, whatever its transport.
+  OutboxdClient.prototype._closed = function (code, reason) {
+    if (this._stopped) return;
+    var info = { code: code, reason: reason, since: this.lastSeq, transport: this._useSSE ? "sse" : "websocket" };
+    if (code === 4003) this._revoked = true; // the app changed this user's rights: ask it for a token
+    if (code === 4001 || code === 4003 || code === 4008 || code === 1001 || code === 1012) {
+      this.attempt = Math.max(this.attempt, 1);
+      return this._retry(info, 0); // at once, with since (and a fresh token)
+    }
+    this._retry(info);
+  };
+
+  // _openSSE streams GET /ws/sse with fetch (the token in an Authorization
+  // header, not the URL, which EventSource could not do) and parses the
+  // events: each one's data is the envelope a WebSocket frame would carry;
+  // "event: close" carries the close code.
+  OutboxdClient.prototype._openSSE = async function (token, params) {
+    var self = this;
+    var abort = typeof AbortController === "function" ? new AbortController() : null;
+    self._abort = abort;
+    var url = self.sseURL + (params.length ? (self.sseURL.indexOf("?") < 0 ? "?" : "&") + params.join("&") : "");
+    var resp;
+    try {
+      resp = await self.fetch(url, { headers: { Authorization: "Bearer " + token, Accept: "text/event-stream" }, signal: abort ? abort.signal : undefined, cache: "no-store" });
+    } catch (e) {
+      if (self._abort === abort) self._retry({ reason: "sse: " + e, transport: "sse" });
+      return;
+    }
+    if (!resp.ok) {
+      return self._retry({ reason: "sse: HTTP " + resp.status, status: resp.status, transport: "sse" });
+    }
+    var reader = resp.body.getReader();
+    var decoder = new TextDecoder();
+    var buf = "", ev = { event: "", data: "" }, closed = null;
+    try {
+      for (;;) {
+        var r = await reader.read();
+        if (r.done || self._abort !== abort) break;
+        buf += decoder.decode(r.value, { stream: true });
+        var i;
+        while ((i = buf.indexOf("\n")) >= 0) {
+          var line = buf.slice(0, i);
+          buf = buf.slice(i + 1);
+          if (line === "") {
+            if (ev.event === "close") {
+              try { closed = JSON.parse(ev.data); } catch (e) { closed = { code: 1006, reason: "bad close event" }; }
+            } else if (ev.data !== "") {
+              self._frame(ev.data);
+            }
+            ev = { event: "", data: "" };
+          } else if (line.indexOf("event: ") === 0) {
+            ev.event = line.slice(7);
+          } else if (line.indexOf("data: ") === 0) {
+            ev.data = line.slice(6);
+          }
+        }
+        if (closed) break;
+      }
+    } catch (e) {
+      // the stream broke: reconnect below
+    }
+    if (self._abort !== abort) return; // closed by the client, or replaced
+    self._abort = null;
+    if (abort) abort.abort();
+    clearInterval(self._ping);
+    self._closed(closed ? closed.code : 1006, closed ? closed.reason : "stream ended");
   };
 
   OutboxdClient.prototype._retry = function (info, delay) {
@@ -226,17 +310,24 @@
     }
     if (msg.type === "welcome") {
       this.attempt = 0;
+      this._welcomed = true;
+      if (!this._useSSE) this._wsFailures = 0;
       // In another history the old seq means nothing: live from the head,
       // and resync_required (reason "epoch") follows.
       if (this.lastSeq === null || (this.epoch !== null && msg.data.epoch !== this.epoch)) this.lastSeq = msg.data.head_seq;
       this.epoch = msg.data.epoch || null;
       var self = this;
       clearInterval(this._ping);
-      this._ping = setInterval(function () {
-        if (self._ws && self._ws.readyState === 1) self._ws.send('{"type":"ping"}');
-      }, this.pingInterval);
-      this._setState("open", { since: this.lastSeq, epoch: this.epoch, user: msg.data.user_id, roles: msg.data.roles });
-      this._scheduleRefresh(this._tokenExp);
+      if (!this._useSSE) {
+        this._ping = setInterval(function () {
+          if (self._ws && self._ws.readyState === 1) self._ws.send('{"type":"ping"}');
+        }, this.pingInterval);
+      }
+      this._setState("open", { since: this.lastSeq, epoch: this.epoch, user: msg.data.user_id, roles: msg.data.roles,
+        transport: this._useSSE ? "sse" : "websocket" });
+      // SSE is one way: no in-band refresh, the server's 4001 at exp makes
+      // the client reconnect with a new token.
+      if (!this._useSSE) this._scheduleRefresh(this._tokenExp);
     } else if (msg.type === "refreshed") {
       this._scheduleRefresh(msg.data.exp);
     } else if (msg.type === "resync_required") {

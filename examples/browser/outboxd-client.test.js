@@ -94,3 +94,58 @@ test("refreshBefore 0 never refreshes", async () => {
   assert.strictEqual(client._refreshTimer, null);
   client.close();
 });
+
+test("falls back to SSE after two WebSocket opens fail, and reads its events", async () => {
+  let wsOpens = 0;
+  class BlockedWS {
+    constructor() {
+      wsOpens++;
+      this.readyState = 0;
+      setImmediate(() => this.onclose({ code: 1006, reason: "" }));
+    }
+    close() {}
+  }
+  const requests = [];
+  const enc = new TextEncoder();
+  const body = (text) => new ReadableStream({ start(c) { c.enqueue(enc.encode(text)); c.close(); } });
+  let streams = 0;
+  const fakeFetch = async (url, init) => {
+    requests.push({ url, init });
+    streams++;
+    if (streams === 1) {
+      return { ok: true, status: 200, body: body(
+        'event: welcome\nid: 0\ndata: {"type":"welcome","data":{"user_id":"op1","roles":[],"head_seq":0,"heartbeat_interval":30,"epoch":"e1"}}\n\n' +
+        ': ping\n\n' +
+        'event: task_event\nid: 1\ndata: {"type":"task_event","seq":1,"id":1,"timestamp":"","data":{"n":1}}\n\n' +
+        'event: close\ndata: {"code":4001,"reason":"token expired"}\n\n') };
+    }
+    return new Promise(() => {}); // the second stream stays open
+  };
+  const events = [];
+  const states = [];
+  const client = new OutboxdClient({
+    url: "ws://test/ws/connect", WebSocket: BlockedWS, fetch: fakeFetch, minDelay: 1, maxDelay: 2,
+    getToken: async () => "tok", onEvent: (e) => events.push(e.seq), onState: (s, info) => states.push([s, info && info.transport]),
+  });
+  client.connect();
+  for (let i = 0; i < 200 && requests.length < 2; i++) await new Promise((r) => setTimeout(r, 5));
+  client.close();
+  assert.strictEqual(wsOpens, 2, "two WebSocket attempts before the fallback");
+  assert.ok(requests[0].url.startsWith("http://test/ws/sse"), requests[0].url);
+  assert.strictEqual(requests[0].init.headers.Authorization, "Bearer tok");
+  assert.deepStrictEqual(events, [1]);
+  assert.ok(requests[1].url.includes("since=1"), "the reconnect after 4001 resumes: " + requests[1].url);
+  assert.ok(states.some(([s, t]) => s === "open" && t === "sse"));
+});
+
+test("transport: sse from the start", async () => {
+  const requests = [];
+  const client = new OutboxdClient({
+    url: "wss://app.example/ws/connect", transport: "sse", WebSocket: class { constructor() { throw new Error("no WebSocket"); } },
+    fetch: async (url) => { requests.push(url); return new Promise(() => {}); }, getToken: async () => "tok",
+  });
+  client.connect();
+  for (let i = 0; i < 100 && requests.length < 1; i++) await new Promise((r) => setTimeout(r, 5));
+  client.close();
+  assert.ok(requests[0].startsWith("https://app.example/ws/sse"), requests[0]);
+});
