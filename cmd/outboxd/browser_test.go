@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -17,6 +18,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/grupogad/outboxd/internal/dbtest"
+	"github.com/grupogad/outboxd/ws"
 )
 
 // artifactsDir is where the browser test leaves its screenshots.
@@ -297,5 +299,63 @@ func TestBrowserFallsBackToSSE(t *testing.T) {
 	}
 	if strings.Join(seqs, ",") != "1,2" {
 		t.Fatalf("page shows events with seqs %v, want 1,2", seqs)
+	}
+}
+
+// A plain EventSource in Chromium, on outboxd's own page origin: it gets
+// the named events, and when the sidecar restarts it reconnects by itself
+// with Last-Event-ID and receives what was committed meanwhile — exactly
+// once, in order.
+func TestEventSourceResumesByItself(t *testing.T) {
+	t.Parallel()
+	if _, err := os.Stat(chromiumPath()); err != nil {
+		t.Fatalf("chromium is required for this test (scripts/ensure-chromium.sh installs it): %v", err)
+	}
+	db := dbtest.New(t)
+	p := startOutboxd(t, db)
+	tok, err := ws.MintHS256(testSecret, "op9", []string{"LEVEL_1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromiumPath()), chromedp.Flag("headless", true), chromedp.NoSandbox, chromedp.DisableGPU,
+		chromedp.Flag("disable-background-networking", true), chromedp.UserDataDir(t.TempDir()))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelAlloc()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	ctx, cancelT := context.WithTimeout(ctx, 90*time.Second)
+	defer cancelT()
+	script := fmt.Sprintf(`window.got = []; window.opens = 0;
+		const es = new EventSource("/ws/sse?token=%s");
+		es.onopen = () => window.opens++;
+		for (const type of ["task_event", "system_event"]) es.addEventListener(type, (e) => window.got.push(e.lastEventId + ":" + type));
+		"ok"`, url.QueryEscape(tok))
+	if err := chromedp.Do(ctx, chromedp.Navigate("http://"+p.Addr+"/healthz")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[string](script)); err != nil {
+		t.Fatal(err)
+	}
+	got := func() string {
+		s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`window.got.join(",") + "|" + window.opens`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	eventually(t, 20*time.Second, func() bool { return strings.HasSuffix(got(), "|1") }, got)
+	db.Exec(t, `SELECT outbox.emit('task_event', '{"n": 1}', NULL, ARRAY['LEVEL_1'])`)
+	eventually(t, 20*time.Second, func() bool { return strings.HasPrefix(got(), "1:task_event|") }, got)
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.Wait()
+	db.Exec(t, `SELECT outbox.emit('system_event', '{"n": 2}')`)
+	startOutboxdAt(t, db, p.Addr)
+	db.Exec(t, `SELECT outbox.emit('task_event', '{"n": 3}', NULL, ARRAY['LEVEL_1'])`)
+	eventually(t, 30*time.Second, func() bool { return strings.HasPrefix(got(), "1:task_event,2:system_event,3:task_event|") }, got)
+	if s := got(); !strings.HasSuffix(s, "|2") {
+		t.Fatalf("EventSource opens: %s, want 2 (the first and one reconnect)", s)
 	}
 }
