@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"strings"
 	"time"
@@ -30,12 +31,60 @@ func splitList(s string) []string {
 
 func newFlagSet(name, usage string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// The flag package's own messages are silenced: parseFlags reports an
+	// error once, and prints the usage only when asked (--help).
+	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: outboxd %s [flags]\n\n%s\n\nFlags:\n", name, usage)
+		fs.SetOutput(stderr)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
 	return fs
+}
+
+// parseFlags parses args: --help prints the usage (flag.ErrHelp, exit 0);
+// a bad flag or an argument that is not a flag is one error that names it.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.Usage()
+			return err
+		}
+		return fmt.Errorf("%v (see outboxd %s --help)", err, fs.Name())
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: every option is a flag (see outboxd %s --help)", fs.Arg(0), fs.Name())
+	}
+	return nil
+}
+
+// readData is --data: a JSON object given inline, from a file (@path) or
+// from standard input (-), checked as JSON with the parser's position.
+func readData(arg string, stdin io.Reader) (json.RawMessage, error) {
+	var b []byte
+	var err error
+	switch {
+	case arg == "-":
+		b, err = io.ReadAll(io.LimitReader(stdin, 2*outbox.MaxPayloadBytes))
+	case strings.HasPrefix(arg, "@"):
+		b, err = os.ReadFile(arg[1:])
+	default:
+		b = []byte(arg)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--data: %w", err)
+	}
+	if !json.Valid(b) {
+		var v any
+		err := json.Unmarshal(b, &v)
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			return nil, fmt.Errorf("--data is not valid JSON: %v at byte %d", se, se.Offset)
+		}
+		return nil, fmt.Errorf("--data is not valid JSON: %v", err)
+	}
+	return b, nil
 }
 
 // cmdToken mints a development token signed with SECRET_KEY.
@@ -44,7 +93,7 @@ func cmdToken(cfg Config, args []string, stdout, stderr io.Writer) error {
 	sub := fs.String("sub", "dev-user", "user id (JWT sub)")
 	roles := fs.String("roles", "", "comma list of roles (JWT role / roles)")
 	ttl := fs.Duration("ttl", time.Hour, "validity")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *sub == "" || *ttl <= 0 {
@@ -60,14 +109,21 @@ func cmdToken(cfg Config, args []string, stdout, stderr io.Writer) error {
 }
 
 // cmdEmit inserts one event from the shell.
-func cmdEmit(ctx context.Context, cfg Config, args []string, stdout, stderr io.Writer) error {
+func cmdEmit(ctx context.Context, cfg Config, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := newFlagSet("emit", "Insert one event into outbox.events (as outbox.Emit would, in its own transaction).", stderr)
 	topic := fs.String("topic", "", "event type, e.g. task_event (required)")
-	data := fs.String("data", "{}", "payload: a JSON object")
+	data := fs.String("data", "{}", "payload: a JSON object, @file to read it from a file, or - for standard input")
 	users := fs.String("users", "", "comma list of target user ids (a union with --roles)")
 	roles := fs.String("roles", "", "comma list of target roles (a union with --users)")
 	broadcast := fs.Bool("broadcast", false, "send to every client (instead of --users/--roles)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *topic == "" {
+		return errors.New("--topic is required (the event type, e.g. task_event)")
+	}
+	payload, err := readData(*data, stdin)
+	if err != nil {
 		return err
 	}
 	given := map[string]bool{}
@@ -90,13 +146,13 @@ func cmdEmit(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 	}
 	defer pool.Close()
 	id, err := outbox.Emit(ctx, pool, outbox.Event{
-		Topic: *topic, Data: json.RawMessage(*data), Users: targets(given["users"], ul), Roles: targets(given["roles"], rl),
+		Topic: *topic, Data: payload, Users: targets(given["users"], ul), Roles: targets(given["roles"], rl),
 		Broadcast: *broadcast,
 	})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "emitted id %d\n", id)
+	fmt.Fprintf(stdout, "emitted id %d (its seq is assigned by the relay when it sequences the row; outboxd tail shows it)\n", id)
 	return nil
 }
 
@@ -127,7 +183,7 @@ func cmdTail(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 	topics := fs.String("topics", "", "comma list of topics to receive (default: every topic)")
 	count := fs.Int("count", 0, "exit after this many events (0: no limit)")
 	duration := fs.Duration("duration", 0, "exit after this long (0: no limit)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *token != "" && *tokenCmd != "" {
@@ -175,12 +231,17 @@ func cmdTail(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 		}
 		return nil
 	}
+	var lastErr error
 	r.Backoff = func(attempt int, err error) time.Duration {
+		lastErr = err
 		wait := min(250*time.Millisecond<<min(attempt, 5), 5*time.Second)
 		fmt.Fprintf(stderr, "tail: %v; reconnecting in %s with since=%d epoch=%s\n", err, wait, r.Last(), r.LastEpoch())
 		return wait
 	}
 	err := r.Run(ctx)
+	if !r.Connected() && (err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
+		return fmt.Errorf("never connected to %s: %v", *addr, lastErr)
+	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return nil
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -119,7 +120,7 @@ func TestCLIHelpAndErrors(t *testing.T) {
 		t.Fatalf("emit with a bad topic: %v %s", err, out)
 	}
 	out, err = exec.Command(binary, "tail", "--url", "ws://127.0.0.1:1/ws/connect", "--token", "x", "--duration", "1s").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "reconnecting") {
+	if err == nil || !strings.Contains(string(out), "reconnecting") || !strings.Contains(string(out), "never connected to ws://127.0.0.1:1/ws/connect") {
 		t.Fatalf("tail to nowhere: %v %s", err, out)
 	}
 	out, _ = exec.Command(binary, "nonsense").CombinedOutput()
@@ -207,5 +208,57 @@ func TestTailRefreshesInBand(t *testing.T) {
 	b, err := static.CombinedOutput()
 	if err == nil || !strings.Contains(string(b), "static token cannot recover") {
 		t.Fatalf("tail with a static token at its exp: %v\n%s", err, b)
+	}
+}
+
+// The CLI's paper cuts: --data from a file or stdin, malformed JSON with
+// its position, a missing --topic named, extra arguments refused, an
+// error said once, migrate --help.
+func TestCLIInputErrors(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	run := func(stdin string, args ...string) (string, error) {
+		cmd := exec.Command(binary, args...)
+		cmd.Env = []string{"DATABASE_URL=" + db.URL}
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"emit", "--data", "{bad json", "--broadcast", "--topic", "x"}, "not valid JSON"},
+		{[]string{"emit", "--data", `{"a":1`, "--broadcast", "--topic", "x"}, "at byte"},
+		{[]string{"emit", "--broadcast"}, "--topic is required"},
+		{[]string{"emit", "--topic", "x", "--broadcast", "extra"}, `unexpected argument "extra"`},
+		{[]string{"emit", "--nope"}, "flag provided but not defined: -nope (see outboxd emit --help)"},
+		{[]string{"migrate", "up", "extra"}, `unexpected argument "extra"`},
+		{[]string{"migrate", "sideways"}, "unknown subcommand"},
+	} {
+		out, err := run("", c.args...)
+		if err == nil || !strings.Contains(out, c.want) {
+			t.Errorf("%v: %v %q, want an error saying %q", c.args, err, out, c.want)
+		}
+		if strings.Count(out, c.want) > 1 {
+			t.Errorf("%v: the error is said twice: %q", c.args, out)
+		}
+	}
+	if out, err := run("", "migrate", "--help"); err != nil || !strings.Contains(out, "Usage: outboxd migrate") {
+		t.Errorf("migrate --help: %v %s", err, out)
+	}
+	big := `{"note":"` + strings.Repeat("x", 200<<10) + `"}`
+	file := t.TempDir() + "/payload.json"
+	if err := os.WriteFile(file, []byte(big), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run("", "emit", "--topic", "task_event", "--data", "@"+file, "--users", "u1"); err != nil || !strings.Contains(out, "seq is assigned by the relay") {
+		t.Fatalf("--data @file: %v %s", err, out)
+	}
+	if out, err := run(`{"from":"stdin"}`, "emit", "--topic", "task_event", "--data", "-", "--users", "u1"); err != nil {
+		t.Fatalf("--data -: %v %s", err, out)
+	}
+	if n := db.Int64(t, `SELECT count(*) FROM outbox.events WHERE payload ? 'note' OR payload->>'from' = 'stdin'`); n != 2 {
+		t.Fatalf("%d rows from @file and stdin, want 2", n)
 	}
 }

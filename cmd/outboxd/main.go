@@ -101,7 +101,7 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		case "token":
 			err = cmdToken(cfg, args[1:], stdout, stderr)
 		case "emit":
-			err = cmdEmit(ctx, cfg, args[1:], stdout, stderr)
+			err = cmdEmit(ctx, cfg, args[1:], os.Stdin, stdout, stderr)
 		case "tail":
 			err = cmdTail(ctx, cfg, args[1:], stdout, stderr)
 		}
@@ -118,7 +118,24 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	return 2
 }
 
+const migrateUsage = `Usage: outboxd migrate [up|down|status]
+
+Apply the embedded migrations (up, the default), roll back the newest one
+(down), or list them (status), on LISTEN_DATABASE_URL when set (a direct
+session: goose takes a session lock), else DATABASE_URL.
+`
+
 func migrate(ctx context.Context, cfg Config, args []string, stdout io.Writer, logger *slog.Logger) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+		fmt.Fprint(stdout, migrateUsage)
+		return nil
+	}
+	if len(args) > 1 {
+		return fmt.Errorf("unexpected argument %q after %q (see outboxd migrate --help)", args[1], args[0])
+	}
+	if len(args) == 1 && args[0] != "up" && args[0] != "down" && args[0] != "status" {
+		return fmt.Errorf("unknown subcommand %q: want up, down or status", args[0])
+	}
 	pool, err := server.NewSessionPool(ctx, cfg)
 	if err != nil {
 		return err

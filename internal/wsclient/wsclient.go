@@ -129,6 +129,9 @@ func TokenExp(token string) int64 {
 	return int64(c.Exp)
 }
 
+// Connected reports whether a connection was ever established.
+func (r *Resumer) Connected() bool { return r.started }
+
 // Last is the last seq received.
 func (r *Resumer) Last() int64 { return r.last }
 
