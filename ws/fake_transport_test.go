@@ -16,7 +16,7 @@ import (
 // fakeTransport is a Transport with no network, as centrifuge's hub tests
 // use: a bounded queue that a writer goroutine drains, reporting each frame
 // written (onSent) as melody's write pump does; what it "wrote" is decoded
-// into frames. hold pauses the writer (a client that stopped reading).
+// into frames. pause holds the writer (a client that stopped reading).
 type fakeTransport struct {
 	t      *testing.T
 	h      *Hub
@@ -24,7 +24,6 @@ type fakeTransport struct {
 	queue  chan []byte
 	frames chan frame
 	closed chan CloseError
-	hold   chan struct{} // closed: the writer writes; replaced to hold it
 	gate   chan chan struct{}
 }
 
