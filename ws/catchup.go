@@ -200,24 +200,13 @@ func (c *client) pageFromTable(ctx context.Context, wait *time.Timer, cursor int
 // or was cut for staying too far behind meanwhile.
 func (c *client) waitForPageRoom(ctx context.Context, wait *time.Timer) (int, bool) {
 	limit := int64(c.hub.cfg.SendBufferBytes)
-	for {
-		if queued := c.inflightBytes.Load(); queued <= limit/2 {
-			return int(limit - queued), true
-		}
-		wait.Reset(100 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			return 0, false
-		case <-c.sent:
-		case <-wait.C:
-			c.mu.Lock()
-			cursor := c.cursor
-			c.mu.Unlock()
-			if c.tooFarBehind(cursor) {
-				return 0, false
-			}
-		}
-	}
+	var room int64
+	ok := c.awaitSent(ctx, wait, func() bool {
+		queued := c.inflightBytes.Load()
+		room = limit - queued
+		return queued <= limit/2
+	})
+	return int(room), ok
 }
 
 // writeResult is how writing caught-up events ended.

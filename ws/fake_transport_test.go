@@ -112,19 +112,7 @@ type fakeHub struct {
 func newFakeHub(t *testing.T, cfg Config) *fakeHub {
 	t.Helper()
 	store := memstore.New("e1")
-	auth, err := NewAuthenticator(t.Context(), AuthConfig{SecretKey: testSecret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := New(auth, store, cfg)
-	if err := h.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = h.Stop(ctx)
-	})
+	h, _ := newMemHub(t, store, cfg) // the test server stays unused: the sessions are fake
 	return &fakeHub{t: t, h: h, store: store}
 }
 

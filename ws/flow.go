@@ -38,7 +38,15 @@ func (c *client) unreserve(n int) {
 // behind meanwhile (a client that stopped reading).
 func (c *client) waitForRoom(ctx context.Context, wait *time.Timer, n int) bool {
 	limit := int32(c.hub.cfg.SendBuffer - controlReserve)
-	for !c.reserve(limit, n, true) {
+	return c.awaitSent(ctx, wait, func() bool { return c.reserve(limit, n, true) })
+}
+
+// awaitSent waits until ready holds, looking again after every frame the
+// transport writes (or every 100 ms). It gives up if ctx ends, or, closing
+// with 4008, if the client falls more than ReplayMax behind meanwhile (a
+// client that stopped reading).
+func (c *client) awaitSent(ctx context.Context, wait *time.Timer, ready func() bool) bool {
+	for !ready() {
 		wait.Reset(100 * time.Millisecond)
 		select {
 		case <-ctx.Done():

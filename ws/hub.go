@@ -656,25 +656,42 @@ func (h *Hub) receive(c *client, b []byte) {
 // catching-up session's N is its cursor; it drops the page it read under
 // the old filter and reads on.
 func (h *Hub) subscribe(c *client, topics []string) {
+	if h.resplit(c, func() {
+		c.topics = topicSet(topics)
+		c.writeControl(encodeControl(TypeSubscribed, SubscribedData{Topics: topics, Seq: c.cursor}))
+	}) {
+		h.metrics.subscribes.Add(1)
+	}
+}
+
+// resplit changes how c is routed (its filter, its roles) at a split: with
+// fanMu and the hub lock held no event is being routed or handed over, c
+// leaves the routing index, what was routed to it goes out first, change
+// runs under c.mu with c.cursor at the split (a live session's: the last
+// event routed; a catching-up one's: its cursor), and c comes back under
+// its new routing. filterGen makes a catch-up page read the old way be
+// read again. It reports false if c is closing.
+func (h *Hub) resplit(c *client, change func()) bool {
 	h.fanMu.Lock()
 	defer h.fanMu.Unlock()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if !h.routes.remove(c) {
-		return // closing
+		return false // closing
 	}
+	h.expiries.remove(c)
 	c.mu.Lock()
-	// Events routed under the old filter go before the answer.
+	// Events routed the old way go before the answer.
 	c.flushPending(nil)
-	c.topics = topicSet(topics)
 	c.filterGen++
 	if c.state == stateLive {
 		c.cursor = max(c.cursor, h.routedSeq)
 	}
-	c.writeControl(encodeControl(TypeSubscribed, SubscribedData{Topics: topics, Seq: c.cursor}))
+	change()
 	c.mu.Unlock()
 	h.routes.add(c)
-	h.metrics.subscribes.Add(1)
+	h.expiries.add(c)
+	return true
 }
 
 // refresh replaces c's token in band: validated as at connect (and against
@@ -703,31 +720,16 @@ func (h *Hub) refresh(c *client, raw string) {
 		c.writeControl(encodeControl(TypeError, ErrorData{Code: ErrCodeSubMismatch, Message: "the token is for another user: reconnect with it instead"}))
 		return
 	}
-	h.fanMu.Lock()
-	defer h.fanMu.Unlock()
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if !h.routes.remove(c) {
-		return // closing
+	if h.resplit(c, func() {
+		c.roles, c.exp, c.iat = claims.Roles, claims.Expires, claims.Issued
+		var exp int64
+		if !c.exp.IsZero() {
+			exp = c.exp.Unix()
+		}
+		c.writeControl(encodeControl(TypeRefreshed, RefreshedData{Roles: c.roles, Exp: exp, Seq: c.cursor}))
+	}) {
+		h.metrics.refreshes("ok")
 	}
-	h.expiries.remove(c)
-	c.mu.Lock()
-	// Events routed by the old roles go before the answer.
-	c.flushPending(nil)
-	c.roles, c.exp, c.iat = claims.Roles, claims.Expires, claims.Issued
-	c.filterGen++
-	if c.state == stateLive {
-		c.cursor = max(c.cursor, h.routedSeq)
-	}
-	var exp int64
-	if !c.exp.IsZero() {
-		exp = c.exp.Unix()
-	}
-	c.writeControl(encodeControl(TypeRefreshed, RefreshedData{Roles: c.roles, Exp: exp, Seq: c.cursor}))
-	c.mu.Unlock()
-	h.routes.add(c)
-	h.expiries.add(c)
-	h.metrics.refreshes("ok")
 }
 
 func (h *Hub) onError(s *melody.Session, err error) {

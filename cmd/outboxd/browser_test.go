@@ -45,48 +45,11 @@ func chromiumPath() string {
 // reconnect by itself and show an event committed while it was down.
 func TestBrowserPageLiveAndResume(t *testing.T) {
 	t.Parallel()
-	if _, err := os.Stat(chromiumPath()); err != nil {
-		t.Fatalf("chromium is required for this test (scripts/ensure-chromium.sh installs it): %v", err)
-	}
+	ctx, waitText := newBrowser(t)
 	db := dbtest.New(t)
 	p := startOutboxd(t, db, "TEST_TOKENS=true")
 	base := "http://" + p.Addr
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromiumPath()),
-		chromedp.Flag("headless", true),
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1280, 800),
-	)
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancelT := context.WithTimeout(ctx, 90*time.Second)
-	defer cancelT()
-
-	waitText := func(sel, want string) {
-		t.Helper()
-		var got string
-		deadline := time.Now().Add(20 * time.Second)
-		for time.Now().Before(deadline) {
-			var err error
-			if got, err = chromedp.Run(ctx, chromedp.TextContent(sel)); err != nil {
-				t.Fatal(err)
-			}
-			if strings.Contains(got, want) {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		t.Fatalf("%s never showed %q; it shows %q", sel, want, got)
-	}
 	shot := func(name string) {
 		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 		if err != nil {
@@ -225,9 +188,7 @@ func TestBrowserPageLiveAndResume(t *testing.T) {
 // committed row, and resumes over SSE by itself across a sidecar restart.
 func TestBrowserFallsBackToSSE(t *testing.T) {
 	t.Parallel()
-	if _, err := os.Stat(chromiumPath()); err != nil {
-		t.Fatalf("chromium is required for this test (scripts/ensure-chromium.sh installs it): %v", err)
-	}
+	ctx, waitText := newBrowser(t)
 	db := dbtest.New(t)
 	p := startOutboxd(t, db, "TEST_TOKENS=true")
 	target, _ := url.Parse("http://" + p.Addr)
@@ -242,31 +203,6 @@ func TestBrowserFallsBackToSSE(t *testing.T) {
 	}))
 	t.Cleanup(proxy.Close)
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromiumPath()), chromedp.Flag("headless", true), chromedp.NoSandbox, chromedp.DisableGPU,
-		chromedp.Flag("disable-background-networking", true), chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 800))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancelT := context.WithTimeout(ctx, 90*time.Second)
-	defer cancelT()
-	waitText := func(sel, want string) {
-		t.Helper()
-		var got string
-		deadline := time.Now().Add(30 * time.Second)
-		for time.Now().Before(deadline) {
-			var err error
-			if got, err = chromedp.Run(ctx, chromedp.TextContent(sel)); err != nil {
-				t.Fatal(err)
-			}
-			if strings.Contains(got, want) {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		t.Fatalf("%s never showed %q; it shows %q", sel, want, got)
-	}
 	if err := chromedp.Do(ctx,
 		chromedp.Navigate(proxy.URL+"/"),
 		chromedp.WaitVisible("#dev-token"),
@@ -308,24 +244,13 @@ func TestBrowserFallsBackToSSE(t *testing.T) {
 // once, in order.
 func TestEventSourceResumesByItself(t *testing.T) {
 	t.Parallel()
-	if _, err := os.Stat(chromiumPath()); err != nil {
-		t.Fatalf("chromium is required for this test (scripts/ensure-chromium.sh installs it): %v", err)
-	}
+	ctx, _ := newBrowser(t)
 	db := dbtest.New(t)
 	p := startOutboxd(t, db)
 	tok, err := ws.MintHS256(testSecret, "op9", []string{"LEVEL_1"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromiumPath()), chromedp.Flag("headless", true), chromedp.NoSandbox, chromedp.DisableGPU,
-		chromedp.Flag("disable-background-networking", true), chromedp.UserDataDir(t.TempDir()))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancelT := context.WithTimeout(ctx, 90*time.Second)
-	defer cancelT()
 	script := fmt.Sprintf(`window.got = []; window.opens = 0;
 		const es = new EventSource("/ws/sse?token=%s");
 		es.onopen = () => window.opens++;
@@ -358,4 +283,48 @@ func TestEventSourceResumesByItself(t *testing.T) {
 	if s := got(); !strings.HasSuffix(s, "|2") {
 		t.Fatalf("EventSource opens: %s, want 2 (the first and one reconnect)", s)
 	}
+}
+
+// newBrowser starts a headless Chromium for t and returns its context and
+// a waitText that waits until the element sel shows want.
+func newBrowser(t *testing.T) (context.Context, func(sel, want string)) {
+	t.Helper()
+	if _, err := os.Stat(chromiumPath()); err != nil {
+		t.Fatalf("chromium is required for this test (scripts/ensure-chromium.sh installs it): %v", err)
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromiumPath()),
+		chromedp.Flag("headless", true),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 800),
+	)
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancelAlloc)
+	ctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(cancel)
+	ctx, cancelT := context.WithTimeout(ctx, 90*time.Second)
+	t.Cleanup(cancelT)
+	waitText := func(sel, want string) {
+		t.Helper()
+		var got string
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			var err error
+			if got, err = chromedp.Run(ctx, chromedp.TextContent(sel)); err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(got, want) {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Fatalf("%s never showed %q; it shows %q", sel, want, got)
+	}
+	return ctx, waitText
 }

@@ -141,6 +141,15 @@
     this.topics = Array.isArray(topics) ? topics.slice() : null;
     if (this._ws && this._ws.readyState === 1) {
       this._ws.send(JSON.stringify({ type: "subscribe", data: { topics: this.topics } }));
+    } else if (this._abort) {
+      // SSE is one way: resume the stream with the new filter from the
+      // last seq received (nothing is lost, nothing repeated).
+      var abort = this._abort;
+      this._abort = null;
+      abort.abort();
+      clearInterval(this._ping);
+      this.attempt = Math.max(this.attempt, 1);
+      this._retry({ reason: "subscribe", transport: "sse" }, 0);
     }
   };
 
@@ -209,10 +218,12 @@
   };
 
   // _wsFailed counts a WebSocket open that failed before its welcome; in
-  // "auto" two in a row switch the client to SSE.
+  // "auto" two in a row switch the client to SSE — unless a WebSocket
+  // session has worked before: then the failures are an outage (a restart,
+  // a network cut), not a proxy that breaks upgrades.
   OutboxdClient.prototype._wsFailed = function () {
     this._wsFailures++;
-    if (this.transport === "auto" && this._wsFailures >= 2 && this.fetch) this._useSSE = true;
+    if (this.transport === "auto" && !this._wsWorked && this._wsFailures >= 2 && this.fetch) this._useSSE = true;
   };
 
   // _closed reacts to a session's end, whatever its transport.
@@ -311,7 +322,10 @@
     if (msg.type === "welcome") {
       this.attempt = 0;
       this._welcomed = true;
-      if (!this._useSSE) this._wsFailures = 0;
+      if (!this._useSSE) {
+        this._wsFailures = 0;
+        this._wsWorked = true;
+      }
       // In another history the old seq means nothing: live from the head,
       // and resync_required (reason "epoch") follows.
       if (this.lastSeq === null || (this.epoch !== null && msg.data.epoch !== this.epoch)) this.lastSeq = msg.data.head_seq;

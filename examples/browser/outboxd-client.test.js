@@ -149,3 +149,37 @@ test("transport: sse from the start", async () => {
   client.close();
   assert.ok(requests[0].startsWith("https://app.example/ws/sse"), requests[0]);
 });
+
+test("an outage after a working WebSocket does not switch to SSE", async () => {
+  const { FakeWS, sockets } = fakeSocket();
+  let fetched = 0;
+  const client = new OutboxdClient({
+    url: "ws://test/ws/connect", WebSocket: FakeWS, fetch: async () => { fetched++; return new Promise(() => {}); },
+    minDelay: 1, maxDelay: 2, getToken: async () => "tok",
+  });
+  client.connect();
+  await new Promise((r) => setImmediate(r));
+  sockets[0].receive(welcome);
+  for (let i = 0; i < 3; i++) {
+    const ws = sockets[sockets.length - 1];
+    ws.onclose({ code: 1006, reason: "" }); // the server went away
+    for (let k = 0; k < 50 && sockets.length < i + 2; k++) await new Promise((r) => setTimeout(r, 2));
+  }
+  client.close();
+  assert.strictEqual(fetched, 0);
+  assert.ok(sockets.length >= 3);
+});
+
+test("subscribe over SSE resumes the stream with the new filter", async () => {
+  const urls = [];
+  const client = new OutboxdClient({
+    url: "ws://test/ws/connect", transport: "sse", minDelay: 1, maxDelay: 2,
+    fetch: async (url) => { urls.push(url); return new Promise(() => {}); }, getToken: async () => "tok", since: 5, epoch: "e1",
+  });
+  client.connect();
+  for (let i = 0; i < 100 && urls.length < 1; i++) await new Promise((r) => setTimeout(r, 2));
+  client.subscribe(["task_event"]);
+  for (let i = 0; i < 100 && urls.length < 2; i++) await new Promise((r) => setTimeout(r, 2));
+  client.close();
+  assert.ok(urls[1].includes("topics=task_event") && urls[1].includes("since=5"), urls[1]);
+});
