@@ -12,6 +12,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/grupogad/outboxd/internal/dbtest"
+	"github.com/grupogad/outboxd/internal/testsignal"
 	"github.com/grupogad/outboxd/outbox"
 	"github.com/grupogad/outboxd/ws"
 )
@@ -41,19 +42,14 @@ func TestServerServesAndStops(t *testing.T) {
 	}
 	served := srv.Serve(ln, nil)
 	base := "http://" + ln.Addr().String()
-	for deadline := time.Now().Add(20 * time.Second); ; {
+	testsignal.Eventually(t, 20*time.Second, func() bool {
 		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, func() string { return "not ready" })
 	if _, err := outbox.Emit(ctx, db.Pool, outbox.Event{Topic: "task_event", Data: map[string]int{"n": 1}, Roles: []string{"LEVEL_1"}}); err != nil {
 		t.Fatal(err)
 	}

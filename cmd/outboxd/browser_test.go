@@ -18,6 +18,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/grupogad/outboxd/internal/dbtest"
+	"github.com/grupogad/outboxd/internal/testsignal"
 	"github.com/grupogad/outboxd/ws"
 )
 
@@ -313,18 +314,13 @@ func newBrowser(t *testing.T) (context.Context, func(sel, want string)) {
 	waitText := func(sel, want string) {
 		t.Helper()
 		var got string
-		deadline := time.Now().Add(30 * time.Second)
-		for time.Now().Before(deadline) {
+		testsignal.Eventually(t, 30*time.Second, func() bool {
 			var err error
 			if got, err = chromedp.Run(ctx, chromedp.TextContent(sel)); err != nil {
 				t.Fatal(err)
 			}
-			if strings.Contains(got, want) {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		t.Fatalf("%s never showed %q; it shows %q", sel, want, got)
+			return strings.Contains(got, want)
+		}, func() string { return fmt.Sprintf("%s never showed %q; it shows %q", sel, want, got) })
 	}
 	return ctx, waitText
 }

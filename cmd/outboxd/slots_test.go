@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/grupogad/outboxd/internal/dbtest"
+	"github.com/grupogad/outboxd/internal/testsignal"
 	"github.com/grupogad/outboxd/ws"
 )
 
@@ -63,18 +65,17 @@ func TestIdleKeepAlivesDoNotHoldTheSlots(t *testing.T) {
 		}}
 	start := time.Now()
 	refused := 0
-	for {
+	testsignal.Eventually(t, 20*time.Second, func() bool {
 		conn, _, err := d.Dial("ws://"+p.Addr+"/ws/connect?token="+url.QueryEscape(tok), nil)
-		if err == nil {
-			_ = conn.Close()
-			break
+		if err != nil {
+			refused++
+			return false
 		}
-		refused++
-		if time.Since(start) > 20*time.Second {
-			t.Fatalf("a WebSocket client from another address still refused after %s (%d tries): %v", time.Since(start), refused, err)
-		}
-		time.Sleep(200 * time.Millisecond) // a client's retry pace
-	}
+		_ = conn.Close()
+		return true
+	}, func() string {
+		return fmt.Sprintf("a WebSocket client from another address still refused (%d tries)", refused)
+	})
 	if refused == 0 {
 		t.Fatal("the first WebSocket connect got in: the idle sockets did not hold the slots")
 	}
