@@ -21,6 +21,10 @@ const MaxPayloadBytes = 256 << 10
 // Disconnect); events cannot use it.
 const ReservedTopicPrefix = "outboxd."
 
+// PresenceTopic is the topic of the presence events outboxd writes itself
+// (PRESENCE=true); events cannot use it.
+const PresenceTopic = "presence"
+
 // MaxTraceparentBytes bounds the stored trace context.
 const MaxTraceparentBytes = 512
 
@@ -85,6 +89,9 @@ func (ev Event) encode(ctx context.Context) (encoded, error) {
 	}
 	if strings.HasPrefix(ev.Topic, ReservedTopicPrefix) {
 		return encoded{}, fmt.Errorf("%w: topic %q is reserved for outboxd's control rows", ErrInvalidEvent, ev.Topic)
+	}
+	if ev.Topic == PresenceTopic {
+		return encoded{}, fmt.Errorf("%w: topic %q is written by outboxd itself (PRESENCE)", ErrInvalidEvent, ev.Topic)
 	}
 	var payload []byte
 	switch d := ev.Data.(type) {

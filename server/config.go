@@ -38,6 +38,7 @@ type Config struct {
 	LimitsSettings
 	HubSettings
 	RelaySettings
+	PresenceSettings
 	LogSettings
 }
 
@@ -193,6 +194,21 @@ type RelaySettings struct {
 	RelayStallTimeout time.Duration `env:"RELAY_STALL_TIMEOUT" envDefault:"30s"`
 	// OutboxRetention is how long sequenced rows are kept for resume.
 	OutboxRetention time.Duration `env:"OUTBOX_RETENTION" envDefault:"24h"`
+}
+
+// PresenceSettings: who is online, recorded in the database.
+type PresenceSettings struct {
+	// Presence records every replica's sessions in PostgreSQL (the view
+	// outbox.online_users) and writes presence events into the stream.
+	Presence bool `env:"PRESENCE" envDefault:"false"`
+	// PresenceRoles are the roles presence events are targeted at (empty:
+	// nobody; none are written).
+	PresenceRoles []string `env:"PRESENCE_ROLES" envSeparator:","`
+	// PresenceTTL: a replica without a heartbeat for this long is swept by
+	// a surviving one, and its users' offline events written.
+	PresenceTTL time.Duration `env:"PRESENCE_TTL" envDefault:"30s"`
+	// PresenceInterval between presence writes (and heartbeats, sweeps).
+	PresenceInterval time.Duration `env:"PRESENCE_INTERVAL" envDefault:"1s"`
 }
 
 // LogSettings: slog output.
@@ -402,6 +418,23 @@ func (c *Config) validate() []string {
 			p = append(p, fmt.Sprintf("ALLOWED_ORIGINS: %q is not an origin like https://app.example.com", o))
 		}
 	}
+	if c.PresenceInterval < 100*time.Millisecond || c.PresenceInterval > time.Minute {
+		p = append(p, fmt.Sprintf("PRESENCE_INTERVAL: %s; want 100ms to 1m", c.PresenceInterval))
+	}
+	if c.PresenceTTL < 3*c.PresenceInterval || c.PresenceTTL > time.Hour {
+		p = append(p, fmt.Sprintf("PRESENCE_TTL: %s; want 3 × PRESENCE_INTERVAL (%s) to 1h, so that a live replica's heartbeat is never late", c.PresenceTTL, 3*c.PresenceInterval))
+	}
+	for _, r := range c.PresenceRoles {
+		if r = strings.TrimSpace(r); r == "" || len(r) > 256 {
+			p = append(p, fmt.Sprintf("PRESENCE_ROLES: %q is not a role name (comma list, each 1 to 256 bytes)", r))
+		}
+	}
+	if len(c.PresenceRoles) > 1000 {
+		p = append(p, "PRESENCE_ROLES: more than 1000 roles (an event's targets are bounded at 1000)")
+	}
+	if len(c.PresenceRoles) > 0 && !c.Presence {
+		p = append(p, "PRESENCE_ROLES: set without PRESENCE=true")
+	}
 	if c.HeartbeatInterval < time.Second || c.HeartbeatInterval > 10*time.Minute {
 		p = append(p, fmt.Sprintf("HEARTBEAT_INTERVAL: %s; want between 1s and 10m", c.HeartbeatInterval))
 	}
@@ -489,6 +522,9 @@ func (c *Config) applyDefaults() {
 	}
 	if len(c.AllowedOrigins) == 0 {
 		c.AllowedOrigins = []string{"*"}
+	}
+	for i := range c.PresenceRoles {
+		c.PresenceRoles[i] = strings.TrimSpace(c.PresenceRoles[i])
 	}
 	if c.LogFormat == "" {
 		c.LogFormat = "text"

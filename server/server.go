@@ -19,6 +19,7 @@ import (
 	"github.com/grupogad/outboxd/internal/backoff"
 	"github.com/grupogad/outboxd/internal/connlimit"
 	"github.com/grupogad/outboxd/internal/pgconfig"
+	"github.com/grupogad/outboxd/presence"
 	"github.com/grupogad/outboxd/relay"
 	outboxsql "github.com/grupogad/outboxd/sql"
 	"github.com/grupogad/outboxd/ws"
@@ -46,6 +47,7 @@ type Server struct {
 
 	hub       *ws.Hub
 	relay     *relay.Relay
+	presence  *presence.Recorder // PRESENCE
 	readiness *relay.Readiness
 
 	public, admin *http.Server
@@ -112,6 +114,13 @@ func New(ctx context.Context, cfg Config, o Options) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	var pres ws.Presence
+	if cfg.Presence {
+		s.presence = presence.New(s.pool, presence.Config{
+			Roles: cfg.PresenceRoles, TTL: cfg.PresenceTTL, Interval: cfg.PresenceInterval, Logger: s.logger,
+		})
+		pres = s.presence
+	}
 	s.hub = ws.New(auth, relay.NewStore(s.replayPool), ws.Config{
 		Production: cfg.Production(), TestTokens: cfg.TestTokensEnabled(), TrustedProxies: proxies,
 		HideRoleNames: cfg.StatsHideRoles, MetricsTopicsMax: cfg.MetricsTopicsMax,
@@ -126,7 +135,7 @@ func New(ctx context.Context, cfg Config, o Options) (_ *Server, err error) {
 			ConnectRate: cfg.ConnectRate, ConnectBurst: cfg.ConnectBurst,
 			MessageRate: cfg.ClientMessageRate, MessageBurst: cfg.ClientMessageBurst,
 		},
-		Ready: s.ready, Degraded: s.degraded,
+		Ready: s.ready, Degraded: s.degraded, Presence: pres,
 	})
 	s.buildHTTP(o.Metrics, proxies)
 	return s, nil
@@ -178,8 +187,19 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.relay = relay.NewRelay(s.pool, s.hub, rcfg)
 	s.readiness = s.relay.Readiness(s.pool, s.hub.Head, s.hub.Epoch, s.cfg.RelayStallTimeout)
-	return s.relay.Start(ctx)
+	if err := s.relay.Start(ctx); err != nil {
+		return err
+	}
+	if s.presence != nil {
+		s.logger.Info("presence recorded", "replica", s.presence.ReplicaID(), "roles", s.cfg.PresenceRoles,
+			"ttl", s.cfg.PresenceTTL, "interval", s.cfg.PresenceInterval)
+		return s.presence.Start(ctx)
+	}
+	return nil
 }
+
+// Presence is the server's presence recorder (nil without PRESENCE).
+func (s *Server) Presence() *presence.Recorder { return s.presence }
 
 // buildHTTP builds the public server and, with ADMIN_ADDR, the admin one.
 func (s *Server) buildHTTP(metrics http.Handler, proxies []netip.Prefix) {
@@ -225,11 +245,17 @@ func (s *Server) serve(srv *http.Server, ln net.Listener) {
 	}
 }
 
-// Stop stops, within ctx: the relay (its in-flight batch finishes, then
+// Stop stops, within ctx: presence (nothing more is written), the relay (its in-flight batch finishes, then
 // dispatching stops), the hub (clients are closed with 1001: reconnect
 // with since), HTTP, and the pools.
 func (s *Server) Stop(ctx context.Context) error {
 	var errs []error
+	if s.presence != nil {
+		// First, and nothing more is written: the sessions Stop closes
+		// stay recorded until swept (PRESENCE_TTL), so that a deploy
+		// writes no offline events for clients that reconnect elsewhere.
+		errs = append(errs, s.presence.Stop(ctx))
+	}
 	if s.relay != nil {
 		errs = append(errs, s.relay.Stop(ctx))
 	}

@@ -26,15 +26,15 @@ func TestMigrationsUpDownUp(t *testing.T) {
 		return db.Int64(t, `SELECT count(*) FROM pg_namespace WHERE nspname = 'outbox'`) == 1
 	}
 	applied, err := m.Up(ctx)
-	if err != nil || !slices.Equal(applied, []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}) || !schemaExists() {
+	if err != nil || !slices.Equal(applied, []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}) || !schemaExists() {
 		t.Fatalf("up: %v %v schema=%v", applied, err, schemaExists())
 	}
 	st, err := m.Status(ctx)
-	if err != nil || len(st) != 10 || !st[0].Applied || !st[9].Applied {
+	if err != nil || len(st) != 11 || !st[0].Applied || !st[10].Applied {
 		t.Fatalf("status: %+v %v", st, err)
 	}
 	// Down one version at a time, down to the schema.
-	for v := int64(10); v > 2; v-- {
+	for v := int64(11); v > 2; v-- {
 		if got, err := m.Down(ctx); err != nil || got != v || !schemaExists() {
 			t.Fatalf("down: %d (want %d) %v schema=%v", got, v, err, schemaExists())
 		}
@@ -48,7 +48,7 @@ func TestMigrationsUpDownUp(t *testing.T) {
 	if st, _ := m.Status(ctx); st[0].Applied || st[1].Applied {
 		t.Fatal("status after down says applied")
 	}
-	if applied, err := m.Up(ctx); err != nil || len(applied) != 10 || !schemaExists() {
+	if applied, err := m.Up(ctx); err != nil || len(applied) != 11 || !schemaExists() {
 		t.Fatalf("up again: %v %v", applied, err)
 	}
 	if applied, err := m.Up(ctx); err != nil || len(applied) != 0 {

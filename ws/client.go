@@ -38,6 +38,9 @@ type client struct {
 	remote    string
 
 	heapIdx int // position in Hub.expiries; guarded by Hub.mu
+	// present: the session was admitted and counted by Config.Presence
+	// (guarded by Hub.mu).
+	present bool
 
 	since    int64
 	hasSince bool

@@ -92,7 +92,18 @@ type Config struct {
 	// Degraded, if set, says how the relay is working while still ready
 	// ("" when as configured): named in /readyz's detailed body.
 	Degraded func() string
+	// Presence, if set, is told of every session admitted and ended, and
+	// of a refresh's change of roles (PRESENCE: presence.Recorder).
+	Presence Presence
 	Logger   *slog.Logger
+}
+
+// Presence is told of sessions as the hub admits and ends them, under the
+// hub's lock: it must only record, never block. Each SessionClosed matches
+// one SessionOpened, with the same roles.
+type Presence interface {
+	SessionOpened(userID string, roles []string)
+	SessionClosed(userID string, roles []string)
 }
 
 func (c *Config) setDefaults() {

@@ -541,6 +541,10 @@ func (h *Hub) attach(c *client, tr Transport) {
 	c.mu.Unlock()
 	h.routes.add(c)
 	h.expiries.add(c)
+	if h.cfg.Presence != nil {
+		c.present = true
+		h.cfg.Presence.SessionOpened(c.userID, c.roles)
+	}
 	h.mu.Unlock()
 	if c.hasSince {
 		h.goCatchUp(c, true)
@@ -614,6 +618,10 @@ func (h *Hub) detach(c *client) {
 	h.mu.Lock()
 	h.routes.remove(c)
 	h.expiries.remove(c)
+	if c.present {
+		c.present = false
+		h.cfg.Presence.SessionClosed(c.userID, c.roles)
+	}
 	h.mu.Unlock()
 	h.cfg.Logger.Debug("client disconnected", "user", c.userID, "remote", c.remote)
 }
@@ -721,6 +729,10 @@ func (h *Hub) refresh(c *client, raw string) {
 		return
 	}
 	if h.resplit(c, func() {
+		if c.present { // resplit holds the hub lock
+			h.cfg.Presence.SessionClosed(c.userID, c.roles)
+			h.cfg.Presence.SessionOpened(c.userID, claims.Roles)
+		}
 		c.roles, c.exp, c.iat = claims.Roles, claims.Expires, claims.Issued
 		var exp int64
 		if !c.exp.IsZero() {
