@@ -301,13 +301,15 @@ WHERE (s.roles, s.sessions) IS DISTINCT FROM (excluded.roles, excluded.sessions)
 	// writes one presence event per flip, targeted at $2 (none when $2 is
 	// empty). A user still online has its announced roles kept current;
 	// an offline event carries the roles last announced.
-	settleSQL = `WITH now AS (
-  SELECT u AS user_id, p.online AS was,
-         EXISTS (SELECT 1 FROM outbox.presence_sessions s WHERE s.user_id = u) AS online,
-         coalesce((SELECT array_agg(DISTINCT r ORDER BY r)
-                   FROM outbox.presence_sessions s CROSS JOIN LATERAL unnest(s.roles) AS r
-                   WHERE s.user_id = u), '{}') AS roles
-  FROM unnest($1::text[]) AS u JOIN outbox.presence_users p ON p.user_id = u
+	settleSQL = `WITH agg AS (
+  SELECT s.user_id, coalesce(array_agg(DISTINCT r ORDER BY r) FILTER (WHERE r IS NOT NULL), '{}') AS roles
+  FROM outbox.presence_sessions s LEFT JOIN LATERAL unnest(s.roles) AS r ON true
+  WHERE s.user_id = ANY($1::text[])
+  GROUP BY s.user_id
+), now AS (
+  SELECT p.user_id, p.online AS was, a.user_id IS NOT NULL AS online, coalesce(a.roles, '{}') AS roles
+  FROM outbox.presence_users p LEFT JOIN agg a ON a.user_id = p.user_id
+  WHERE p.user_id = ANY($1::text[])
 ), changed AS (
   UPDATE outbox.presence_users p
   SET online = n.online, roles = CASE WHEN n.online THEN n.roles ELSE p.roles END,

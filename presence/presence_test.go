@@ -304,3 +304,50 @@ func TestFailedWriteIsRetried(t *testing.T) {
 		t.Fatalf("online_users = %v after the retry", got)
 	}
 }
+
+// BenchmarkFlushConnectStorm: one replica's write after 5,000 users
+// connected within one interval — "online": nobody was online, 5,000 flips
+// and events; "takeover": the users are still online through another
+// replica (a deploy's reconnect storm), no flips — and the write after
+// they all left again.
+func BenchmarkFlushConnectStorm(b *testing.B) {
+	const n = 5000
+	users := make([]string, n)
+	for u := range users {
+		users[u] = fmt.Sprintf("user-%d", u)
+	}
+	for _, takeover := range []bool{false, true} {
+		name := map[bool]string{false: "online", true: "takeover"}[takeover]
+		b.Run(name, func(b *testing.B) {
+			db := dbtest.New(b)
+			if takeover {
+				old := newRecorder(db, "old", "despacho")
+				for _, u := range users {
+					old.SessionOpened(u, []string{"bench"})
+				}
+				if err := old.Flush(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var took time.Duration
+			for i := 0; b.Loop(); i++ {
+				r := newRecorder(db, fmt.Sprintf("r%d", i), "despacho")
+				for _, u := range users {
+					r.SessionOpened(u, []string{"bench"})
+				}
+				start := time.Now()
+				if err := r.Flush(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				took += time.Since(start)
+				for _, u := range users {
+					r.SessionClosed(u, []string{"bench"})
+				}
+				if err := r.Flush(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(took.Milliseconds())/float64(b.N), "ms/connect-write")
+		})
+	}
+}

@@ -30,7 +30,7 @@ CREATE TABLE outbox.presence_replicas (
 );
 
 CREATE TABLE outbox.presence_sessions (
-  replica_id text        NOT NULL REFERENCES outbox.presence_replicas ON DELETE CASCADE,
+  replica_id text        NOT NULL, -- outbox.presence_replicas; no foreign key: a check per row written (the sweep deletes both)
   user_id    text        NOT NULL,
   roles      text[]      NOT NULL DEFAULT '{}',
   sessions   int         NOT NULL CHECK (sessions > 0),

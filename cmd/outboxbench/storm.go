@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/grupogad/outboxd/internal/wsclient"
 	"github.com/grupogad/outboxd/ws"
@@ -44,12 +46,20 @@ func reconnectStorm(ctx context.Context, e *benchEnv) (result, error) {
 	}
 	defer func() { sc.stop() }()
 
+	// With PRESENCE=true (-env), 1 % of the clients hold the role
+	// presence events go to (PRESENCE_ROLES=despacho): they follow every
+	// user's presence besides the stream.
+	withPresence := strings.Contains(","+e.o.extraEnv+",", ",PRESENCE=true,")
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	fs := make([]*stormClient, n)
 	var wg sync.WaitGroup
 	for i := range fs {
-		tok, err := ws.MintHS256(benchSecret, fmt.Sprintf("storm-%d", i), []string{"bench"}, time.Hour)
+		roles := []string{"bench"}
+		if withPresence && i%100 == 0 {
+			roles = append(roles, "despacho")
+		}
+		tok, err := ws.MintHS256(benchSecret, fmt.Sprintf("storm-%d", i), roles, time.Hour)
 		if err != nil {
 			return r, err
 		}
@@ -66,23 +76,38 @@ func reconnectStorm(ctx context.Context, e *benchEnv) (result, error) {
 		stop()
 		return r, fmt.Errorf("connecting: %w", err)
 	}
-	first, err := head(ctx, pool)
-	if err != nil {
+	var firstID int64
+	if err := pool.QueryRow(ctx, `SELECT outbox.emit($1, '{}')`, benchTopic).Scan(&firstID); err != nil {
 		stop()
 		return r, err
 	}
-	if _, err := pool.Exec(ctx, `SELECT outbox.emit($1, '{}')`, benchTopic); err != nil {
-		stop()
-		return r, err
+	firstSeq, err := seqOf(ctx, pool, firstID)
+	if err == nil {
+		err = waitAll(ctx, fs, firstSeq, time.Minute)
 	}
-	err = waitAll(ctx, fs, first+1, time.Minute)
 	stop()
 	if err != nil {
 		return r, fmt.Errorf("first event: %w", err)
 	}
+	var presenceEvents int64
+	if withPresence {
+		// Every client's online event has been written (and the writes
+		// counted below start after them).
+		if err := waitPresence(ctx, pool, n); err != nil {
+			return r, err
+		}
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox.events WHERE topic = 'presence'`).Scan(&presenceEvents); err != nil {
+			return r, err
+		}
+	}
+	writesBefore, err := presenceWrites(ctx, pool)
+	if err != nil {
+		return r, err
+	}
 
 	sc.stop()
-	if _, err := pool.Exec(ctx, `SELECT outbox.emit($1, jsonb_build_object('n', g)) FROM generate_series(1, $2) g`, benchTopic, missed); err != nil {
+	var lastID int64
+	if err := pool.QueryRow(ctx, `SELECT max(outbox.emit($1, jsonb_build_object('n', g))) FROM generate_series(1, $2) g`, benchTopic, missed).Scan(&lastID); err != nil {
 		return r, err
 	}
 	for _, f := range fs {
@@ -93,13 +118,17 @@ func reconnectStorm(ctx context.Context, e *benchEnv) (result, error) {
 	if sc, err = e.startSidecarAt(ctx, addr, true); err != nil {
 		return r, err
 	}
-	last := first + 1 + missed
+	last, err := seqOf(ctx, pool, lastID)
+	if err != nil {
+		return r, err
+	}
 	stop = progress("resuming", 30*time.Second, func() string { return fmt.Sprintf("%d/%d resumed", countAt(fs, last), n) })
 	err = waitAll(ctx, fs, last, time.Minute)
 	stop()
 	if err != nil {
 		return r, fmt.Errorf("resuming: %w", err)
 	}
+	resumedIn := time.Since(restart)
 	var done time.Time
 	var lost, dups, gaps, busy, limited int64
 	for _, f := range fs {
@@ -107,7 +136,7 @@ func reconnectStorm(ctx context.Context, e *benchEnv) (result, error) {
 		if f.lastAt.After(done) {
 			done = f.lastAt
 		}
-		lost += (last - first) - f.distinct
+		lost += (1 + missed) - f.distinct
 		dups += f.dups
 		gaps += f.gaps
 		f.mu.Unlock()
@@ -122,8 +151,66 @@ func reconnectStorm(ctx context.Context, e *benchEnv) (result, error) {
 	r.add("lost", float64(lost), "events")
 	r.add("duplicated", float64(dups), "events")
 	r.add("out_of_order", float64(gaps), "gaps")
+	if withPresence {
+		// What presence wrote from the restart on (the new replica's
+		// sessions; the old one's rows stay until swept), per second of it.
+		writesAfter, err := presenceWrites(ctx, pool)
+		if err != nil {
+			return r, err
+		}
+		r.add("presence_events_at_connect", float64(presenceEvents), "online events for the first connections")
+		r.add("presence_rows_written", float64(writesAfter-writesBefore), "rows inserted, updated or deleted in outbox.presence_* (restart → resumed)")
+		r.add("presence_row_writes_per_s", float64(writesAfter-writesBefore)/resumedIn.Seconds(), "rows/s over the storm")
+	}
 	r.Targets = []target{{Metric: "all_resumed", Op: "<=", Value: 10}, {Metric: "lost", Op: "<=", Value: 0}}
 	return r, nil
+}
+
+// seqOf waits for event id to be sequenced and returns its seq.
+func seqOf(ctx context.Context, pool *pgxpool.Pool, id int64) (int64, error) {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var seq *int64
+		if err := pool.QueryRow(ctx, `SELECT seq FROM outbox.events WHERE id = $1`, id).Scan(&seq); err != nil {
+			return 0, err
+		}
+		if seq != nil {
+			return *seq, nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("event %d not sequenced after a minute (is a sidecar running?)", id)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitPresence waits until n users are online in outbox.online_users.
+func waitPresence(ctx context.Context, pool *pgxpool.Pool, n int) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var k int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox.online_users`).Scan(&k); err != nil {
+			return err
+		}
+		if k >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d users online after a minute", k, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// presenceWrites is the rows inserted, updated and deleted in the presence
+// tables so far, by the statistics collector (flushed by each backend at
+// most once a second: read it after a pause).
+func presenceWrites(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
+	time.Sleep(1500 * time.Millisecond)
+	var n int64
+	err := pool.QueryRow(ctx, `SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint
+FROM pg_stat_user_tables WHERE schemaname = 'outbox' AND relname LIKE 'presence%'`).Scan(&n)
+	return n, err
 }
 
 // stormClient follows the stream like outboxd-client.js.
@@ -132,7 +219,8 @@ type stormClient struct {
 
 	mu       sync.Mutex
 	last     int64 // last seq received
-	distinct int64
+	lastN    int64 // the last storm event's number (payload n)
+	distinct int64 // storm events received, each once
 	dups     int64
 	gaps     int64
 	lastAt   time.Time
@@ -187,10 +275,22 @@ func (c *stormClient) onFrame(f wsclient.Frame) error {
 	case f.Seq == 0:
 	case f.Duplicate:
 		c.dups++
+	case f.Type != benchTopic:
+		c.last = f.Seq // presence events, for the 1 % that get them
 	default:
-		if f.Seq != c.last+1 {
+		// The storm's events are numbered in their payload (the first has
+		// none): each must follow the one before. (Seqs alone cannot say:
+		// the clients that get presence events see them in between.)
+		var ev struct {
+			Data struct {
+				N int64 `json:"n"`
+			} `json:"data"`
+		}
+		_ = json.Unmarshal(f.Raw, &ev)
+		if ev.Data.N != c.lastN+1 && !(c.distinct == 0 && ev.Data.N == 0) {
 			c.gaps++
 		}
+		c.lastN = ev.Data.N
 		c.last = f.Seq
 		c.distinct++
 		c.lastAt = time.Now()
