@@ -113,7 +113,9 @@ func TestFastAPIAppInChromium(t *testing.T) {
 		t.Fatalf("chromium is required (scripts/ensure-chromium.sh): %v", err)
 	}
 	db := dbtest.New(t)
-	ox := startOutboxd(t, db)
+	// Presence for the supervisors and admins: which efectivos are online.
+	presence := []string{"PRESENCE=true", "PRESENCE_ROLES=LEVEL_2,ADMIN", "PRESENCE_INTERVAL=250ms", "PRESENCE_TTL=5s"}
+	ox := startOutboxd(t, db, presence...)
 
 	root, _ := filepath.Abs(filepath.Join("..", ".."))
 	appAddr := proctest.FreeAddr(t)
@@ -186,6 +188,13 @@ func TestFastAPIAppInChromium(t *testing.T) {
 	// An efectivo change for LEVEL_2 reaches the supervisor, not the operator.
 	admin.must("PATCH", "/api/efectivos/3", map[string]bool{"disponible": false})
 	supervisor.wait("#efectivos", "Efectivo 3: no disponible")
+	// Efectivo 1 logs in: the supervisor sees them online (a presence
+	// event); efectivo 2 stays offline.
+	supervisor.wait("#efectivos", "Efectivo 1: disponible · desconectado")
+	efectivo := open("e", "ef1", "Efectivo 1", "")
+	efectivo.wait("#banner", "live")
+	supervisor.wait("#efectivos", "Efectivo 1: disponible · en línea")
+	supervisor.wait("#efectivos", "Efectivo 2: disponible · desconectado")
 	// A rolled-back change never appears.
 	if code, _ := admin.do("PATCH", "/api/tasks/2", map[string]string{"title": "ROLLED-BACK", "status": "archived"}); code != 422 {
 		t.Fatalf("an invalid change answered %d, want 422", code)
@@ -200,7 +209,7 @@ func TestFastAPIAppInChromium(t *testing.T) {
 	operator.wait("#banner", "reconnecting")
 	admin.must("POST", "/api/tasks", map[string]string{"title": "Mientras caído", "assignee": "op1"})
 	admin.must("PATCH", "/api/tasks/2", map[string]string{"status": "done"})
-	startOutboxdAt(t, db, ox.Addr)
+	startOutboxdAt(t, db, ox.Addr, presence...)
 	operator.wait(`.col[data-status="done"]`, "Ronda norte")
 	operator.wait(`.col[data-status="pending"]`, "Mientras caído")
 	operator.wait("#banner", "live")
@@ -241,9 +250,16 @@ func TestFastAPIAppInChromium(t *testing.T) {
 	admin.must("POST", "/api/admin/users/op1/role", map[string]string{"role": "LEVEL_2"})
 	operator.wait("#who", "LEVEL_2")
 	operator.wait("#banner", "live")
-	operator.wait("#efectivos", "Efectivo 3: no disponible") // from the reloaded state
+	operator.wait("#efectivos", "Efectivo 3: no disponible")         // from the reloaded state,
+	operator.wait("#efectivos", "Efectivo 1: disponible · en línea") // online in the same snapshot
 	admin.must("PATCH", "/api/efectivos/4", map[string]bool{"disponible": false})
 	operator.wait("#efectivos", "Efectivo 4: no disponible") // live, with the new role
+	// Efectivo 1 closes the tab: the last session ends, offline.
+	if err := chromedp.Cancel(efectivo.ctx); err != nil {
+		t.Fatal(err)
+	}
+	operator.wait("#efectivos", "Efectivo 1: disponible · desconectado")
+	supervisor.wait("#efectivos", "Efectivo 1: disponible · desconectado")
 	if !strings.Contains(appLog.String(), "POST /api/admin/users/op1/role") {
 		t.Fatal("the role change did not go through the app")
 	}

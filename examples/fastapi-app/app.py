@@ -16,6 +16,11 @@ What a team has to get right, and where it is done here:
   user, signed with the key outboxd trusts (SECRET_KEY, HS256). With an
   identity provider, outboxd reads its JWKS_URL instead and this endpoint
   returns the provider's access token.
+* Who is online: with outboxd's PRESENCE=true, the database knows which
+  users have a live session (the view outbox.online_users). GET /api/state
+  joins it with the efectivos in the same snapshot, and the page follows
+  the `presence` events from there (PRESENCE_ROLES=LEVEL_2,ADMIN): which
+  efectivos are available AND online, without a second system.
 * Permission changes: the admin action changes a user's role and calls
   outbox.disconnect in the same transaction; the user's pages are cut with
   4003, ask for a new token and see what the new role allows — and the
@@ -87,6 +92,7 @@ class Efectivo(Base):
     id = Column(BigInteger, primary_key=True)
     nombre = Column(String, nullable=False)
     disponible = Column(Boolean, nullable=False, default=True)
+    user_id = Column(String)  # the efectivo's login, when they have one (presence)
 
 
 def task_row(t):
@@ -94,7 +100,7 @@ def task_row(t):
 
 
 def efectivo_row(e):
-    return {"id": e.id, "nombre": e.nombre, "disponible": e.disponible}
+    return {"id": e.id, "nombre": e.nombre, "disponible": e.disponible, "user_id": e.user_id}
 
 
 # Events, declared on the models: emitted at commit, in the same transaction.
@@ -118,13 +124,17 @@ engine = create_engine(DATABASE_URL, future=True)
 def setup_database():
     Base.metadata.create_all(engine)
     with AppSession(engine) as s, s.begin():
+        s.execute(text("ALTER TABLE app_efectivos ADD COLUMN IF NOT EXISTS user_id text"))  # boards from before
         if s.scalar(select(func.count()).select_from(User)) == 0:
             s.add_all([User(id="op1", name="Operador 1", role="LEVEL_1"),
                        User(id="op2", name="Operador 2", role="LEVEL_1"),
                        User(id="sup1", name="Supervisora", role="LEVEL_2"),
-                       User(id="admin", name="Administración", role="ADMIN")])
+                       User(id="admin", name="Administración", role="ADMIN"),
+                       User(id="ef1", name="Efectivo 1", role="EFECTIVO"),
+                       User(id="ef2", name="Efectivo 2", role="EFECTIVO")])
         if s.scalar(select(func.count()).select_from(Efectivo)) == 0:
-            s.add_all([Efectivo(id=i, nombre=f"Efectivo {i}") for i in range(1, 7)])
+            s.add_all([Efectivo(id=i, nombre=f"Efectivo {i}", user_id=f"ef{i}" if i <= 2 else None)
+                       for i in range(1, 7)])
 
 
 app = FastAPI(title="task board")
@@ -224,12 +234,16 @@ def ws_token(user=Depends(current_user)):
 @app.get("/api/state")
 def state(user=Depends(current_user)):
     """The board and the stream position in ONE snapshot: outboxd's events
-    after `since` are exactly the changes this state does not show yet."""
+    after `since` are exactly the changes this state does not show yet —
+    who is online included (outbox.online_users, then `presence` events)."""
     with engine.connect() as conn:
         conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
             tasks = conn.execute(text("SELECT id, title, status, assignee FROM app_tasks ORDER BY id")).mappings().all()
-            efectivos = conn.execute(text("SELECT id, nombre, disponible FROM app_efectivos ORDER BY id")).mappings().all()
+            efectivos = conn.execute(text(
+                "SELECT e.id, e.nombre, e.disponible, e.user_id, o.user_id IS NOT NULL AS online "
+                "FROM app_efectivos e LEFT JOIN outbox.online_users o ON o.user_id = e.user_id "
+                "ORDER BY e.id")).mappings().all()
             since, epoch = conn.execute(text("SELECT outbox.head(), outbox.epoch()")).one()
     visible = [dict(t) for t in tasks if user.role in ("LEVEL_1", "ADMIN") or t["assignee"] == user.id]
     return {"user": {"id": user.id, "name": user.name, "role": user.role},
