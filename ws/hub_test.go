@@ -20,6 +20,7 @@ import (
 
 	"github.com/grupogad/outboxd/internal/dbtest"
 	"github.com/grupogad/outboxd/internal/proctest"
+	"github.com/grupogad/outboxd/internal/testsignal"
 	"github.com/grupogad/outboxd/outbox"
 )
 
@@ -826,9 +827,9 @@ func TestUnwrittenCountsQueuedFrames(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := e.hub.Unwritten(); n != 0 {
-		t.Fatalf("Unwritten() = %d before any event, want 0", n)
-	}
+	// The welcomes are queued before dial returns and written just after.
+	testsignal.Eventually(t, 10*time.Second, func() bool { return e.hub.Unwritten() == 0 },
+		func() string { return fmt.Sprintf("Unwritten() = %d before any event, want 0", e.hub.Unwritten()) })
 	const n = 200
 	pad := strings.Repeat("x", 50_000)
 	batch := make([]outbox.Event, n)
