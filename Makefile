@@ -14,7 +14,7 @@ db-up: ## Make sure the local PostgreSQL is running (starts it if down)
 	@scripts/ensure-postgres.sh
 
 .PHONY: test-deps
-test-deps: db-up ## Everything the tests need: PostgreSQL up, chromium, pgbouncer, the Python example's packages, Jaeger
+test-deps: db-up ## Everything the tests need (apt-installs what is missing): PostgreSQL up, chromium, pgbouncer, node and npm, the Python packages, Jaeger
 	@scripts/ensure-chromium.sh
 	@scripts/ensure-pgbouncer.sh
 	@scripts/ensure-node.sh

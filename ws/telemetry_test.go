@@ -180,9 +180,11 @@ func TestPrometheusMetricsExact(t *testing.T) {
 	var fams map[string]*dto.MetricFamily
 	waitFor(t, 5*time.Second, "the latency histogram to count every event", func() bool {
 		fams = scrape(t, handler)
-		// The sequencer records its batch after COMMIT returns, which may
-		// be after the events already reached the client.
-		return value(fams, "outboxd_e2e_latency_seconds") == n && value(fams, "outboxd_relay_batch_size") >= 1
+		// The sequencer records its batch after COMMIT returns, and the hub
+		// counts an event's frames after queueing them to every recipient:
+		// both may come after the client already read the events.
+		return value(fams, "outboxd_e2e_latency_seconds") == n && value(fams, "outboxd_relay_batch_size") >= 1 &&
+			value(fams, "outboxd_ws_messages_sent_total", "topic", "task_event") >= n
 	})
 	checks := []struct {
 		name   string

@@ -62,7 +62,7 @@ type client struct {
 }
 
 // batchFrames makes outboxd's clients connect with batch=1 (-frames batch,
-// the default; what outboxd-client.js and outboxd tail do).
+// the default; what the browser client and outboxd tail do).
 var batchFrames = true
 
 // mark records seq and reports whether it is new.

@@ -22,7 +22,7 @@ import (
 // 9. Reconnect storm: a deploy behind a reverse proxy. n clients, all from
 // 127.0.0.1 (as through a proxy), follow the stream; outboxd restarts with
 // its SHIPPED defaults while events commit; every client reconnects the way
-// outboxd-client.js does (at once after 1001, then jittered exponential
+// the browser client (clients/js) does (at once after 1001, then jittered exponential
 // backoff) with since and epoch. Reported: the time from the restart until
 // every client has resumed and received the last event, refusals by HTTP
 // status, and what was lost, repeated or reordered.
@@ -213,7 +213,7 @@ FROM pg_stat_user_tables WHERE schemaname = 'outbox' AND relname LIKE 'presence%
 	return n, err
 }
 
-// stormClient follows the stream like outboxd-client.js.
+// stormClient follows the stream like the browser client (clients/js).
 type stormClient struct {
 	res *wsclient.Resumer
 
@@ -253,8 +253,8 @@ func (c *stormClient) backoff(attempt int, err error) time.Duration {
 			c.limited.Add(1)
 		}
 	}
-	// The browser client: 500 ms doubling to 15 s, half of it jitter.
-	ceiling := min(500*time.Millisecond<<min(attempt, 5), 15*time.Second)
+	// The browser client (clients/js): 500 ms doubling to 5 s, half of it jitter.
+	ceiling := min(500*time.Millisecond<<min(attempt, 4), 5*time.Second)
 	return ceiling/2 + rand.N(ceiling/2+1)
 }
 

@@ -76,7 +76,7 @@ func TestBrowserPageLiveAndResume(t *testing.T) {
 	waitText("#state", "open")
 	waitText("#status-line", "connected over WebSocket as op7 [LEVEL_1]")
 	// The client carries its token as a subprotocol, not in the URL.
-	proto, err := chromedp.Run(ctx, chromedp.Evaluate[string](`client._ws.protocol + " " + client._ws.url`))
+	proto, err := chromedp.Run(ctx, chromedp.Evaluate[string](`outboxdClient._ws.protocol + " " + outboxdClient._ws.url`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,9 +88,15 @@ func TestBrowserPageLiveAndResume(t *testing.T) {
 	waitText("#log", "Patrulla norte")
 	db.Exec(t, `SELECT outbox.emit('efectivo_event', '{"efectivo_id": 7, "disponible": false}')`)
 	waitText("#log", `"efectivo_id":7`)
+	waitText("#status-line", "— at seq 2") // the position follows the stream
 	waitText("#stats", "head seq")
 
-	// Restart the sidecar; an event commits while it is down.
+	// Restart the sidecar; an event commits while it is down. The client's
+	// backoff is made an hour long: only the page, seeing its stats poll
+	// answered again, can bring it back in time (reconnectNow).
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`outboxdClient.minDelay = outboxdClient.maxDelay = 3600000; true`)); err != nil {
+		t.Fatal(err)
+	}
 	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

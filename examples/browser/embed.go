@@ -1,23 +1,21 @@
-// Package browser holds the browser side of outboxd: outboxd-client.js, the
-// dependency-free client a frontend copies, and index.html, the demo page
-// outboxd serves at GET / (embedded, no CDN, works offline).
+// Package browser holds outboxd's demo page, index.html, served at GET /
+// with the browser client (the npm package in clients/js) at
+// GET /outboxd-client.js: embedded, no CDN, works offline.
 package browser
 
 import (
 	"embed"
 	"net/http"
+
+	jsclient "github.com/grupogad/outboxd/clients/js"
 )
 
-//go:embed index.html outboxd-client.js
+//go:embed index.html
 var files embed.FS
 
 // Routes registers GET / and GET /outboxd-client.js on mux.
 func Routes(mux *http.ServeMux) {
-	serve := func(name, ctype string) http.HandlerFunc {
-		body, err := files.ReadFile(name)
-		if err != nil {
-			panic(err) // embedded at build time: cannot happen
-		}
+	serve := func(body []byte, ctype string) http.HandlerFunc {
 		return func(w http.ResponseWriter, _ *http.Request) {
 			h := w.Header()
 			h.Set("Content-Type", ctype)
@@ -27,6 +25,10 @@ func Routes(mux *http.ServeMux) {
 			_, _ = w.Write(body)
 		}
 	}
-	mux.HandleFunc("GET /{$}", serve("index.html", "text/html; charset=utf-8"))
-	mux.HandleFunc("GET /outboxd-client.js", serve("outboxd-client.js", "text/javascript; charset=utf-8"))
+	page, err := files.ReadFile("index.html")
+	if err != nil {
+		panic(err) // embedded at build time: cannot happen
+	}
+	mux.HandleFunc("GET /{$}", serve(page, "text/html; charset=utf-8"))
+	mux.HandleFunc("GET /outboxd-client.js", serve(jsclient.Module, "text/javascript; charset=utf-8"))
 }

@@ -350,7 +350,7 @@ def index():
 
 @app.get("/outboxd-client.js")
 def client_js():
-    return FileResponse(os.path.join(HERE, "..", "browser", "outboxd-client.js"), media_type="text/javascript")
+    return FileResponse(os.path.join(HERE, "..", "..", "clients", "js", "src", "index.js"), media_type="text/javascript")
 
 
 @app.exception_handler(HTTPException)

@@ -13,7 +13,7 @@ import (
 
 // Follower is a WebSocket client that follows the event stream across
 // replicas: when its connection ends, for any reason, it reconnects to the
-// next address with since=<last seq>, as outboxd-client.js does. It records
+// next address with since=<last seq>, as the browser client (clients/js) does. It records
 // every event frame it receives, before and after dedupe.
 type Follower struct {
 	t     testing.TB

@@ -1,9 +1,8 @@
-// Unit tests of outboxd-client.js's in-band refresh, with a fake WebSocket
-// (node's test runner: node --test examples/browser/).
-"use strict";
-const test = require("node:test");
-const assert = require("node:assert");
-const OutboxdClient = require("./outboxd-client.js");
+// Unit tests of the client with a fake WebSocket (node's test runner:
+// npm test).
+import test from "node:test";
+import assert from "node:assert";
+import { OutboxdClient } from "../src/index.js";
 
 function jwt(claims) {
   const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
