@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/grupogad/outboxd/internal/wsclient"
 	"github.com/grupogad/outboxd/outbox"
 	"github.com/grupogad/outboxd/server"
@@ -116,8 +118,12 @@ func cmdEmit(ctx context.Context, cfg Config, args []string, stdin io.Reader, st
 	users := fs.String("users", "", "comma list of target user ids (a union with --roles)")
 	roles := fs.String("roles", "", "comma list of target roles (a union with --users)")
 	broadcast := fs.Bool("broadcast", false, "send to every client (instead of --users/--roles)")
+	wait := fs.Duration("wait", 0, "wait up to this long for the relay to sequence the event, and print its seq (e.g. 10s; 0: do not wait)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *wait < 0 {
+		return errors.New("--wait must not be negative")
 	}
 	if *topic == "" {
 		return errors.New("--topic is required (the event type, e.g. task_event)")
@@ -152,8 +158,38 @@ func cmdEmit(ctx context.Context, cfg Config, args []string, stdin io.Reader, st
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "emitted id %d (its seq is assigned by the relay when it sequences the row; outboxd tail shows it)\n", id)
+	if *wait == 0 {
+		fmt.Fprintf(stdout, "emitted id %d (its seq is assigned by the relay when it sequences the row; --wait prints it)\n", id)
+		return nil
+	}
+	seq, err := waitForSeq(ctx, pool, id, *wait)
+	if err != nil {
+		return fmt.Errorf("emitted id %d, but %w", id, err)
+	}
+	fmt.Fprintf(stdout, "emitted id %d at seq %d\n", id, seq)
 	return nil
+}
+
+// waitForSeq polls the row until the relay has given it a seq, for at most d.
+func waitForSeq(ctx context.Context, pool *pgxpool.Pool, id int64, d time.Duration) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var seq *int64
+		if err := pool.QueryRow(ctx, `SELECT seq FROM outbox.events WHERE id = $1`, id).Scan(&seq); err != nil && ctx.Err() == nil {
+			return 0, err
+		}
+		if seq != nil {
+			return *seq, nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("no seq after %s: is outboxd running on this database? (the relay assigns it)", d)
+		case <-tick.C:
+		}
+	}
 }
 
 // targets is a flag's list as the producer library takes it: nil (SQL

@@ -73,8 +73,9 @@ func TestTailReceivesEmitAcrossRestart(t *testing.T) {
 	if m := next(); m["type"] != "welcome" {
 		t.Fatalf("first line %v", m)
 	}
-	if out := runCLI(t, db, "emit", "--topic", "task_event", "--data", `{"n":1}`, "--users", "u1"); !strings.HasPrefix(out, "emitted id ") {
-		t.Fatalf("emit: %s", out)
+	// --wait prints the seq the relay gave the event.
+	if out := runCLI(t, db, "emit", "--topic", "task_event", "--data", `{"n":1}`, "--users", "u1", "--wait", "20s"); !strings.HasPrefix(out, "emitted id ") || !strings.Contains(out, " at seq 1\n") {
+		t.Fatalf("emit --wait: %s", out)
 	}
 	if m := next(); m["type"] != "task_event" || m["seq"] != 1.0 {
 		t.Fatalf("line %v", m)
@@ -156,6 +157,14 @@ func TestEmitEmptyTargetsNeverBroadcast(t *testing.T) {
 	if n := db.Int64(t, `SELECT count(*) FROM outbox.events`); n != 0 {
 		t.Fatalf("%d rows inserted by refused emits", n)
 	}
+	// No relay runs on this database: --wait says so once its time is up,
+	// and the event it inserted stays (accepted is never lost).
+	cmd := exec.Command(binary, "emit", "--topic", "task_event", "--users", "u9", "--wait", "300ms")
+	cmd.Env = []string{"DATABASE_URL=" + db.URL}
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "no seq after 300ms: is outboxd running") {
+		t.Errorf("emit --wait without a relay: %v %s", err, out)
+	}
+	db.Exec(t, `DELETE FROM outbox.events`)
 	runCLI(t, db, "emit", "--topic", "task_event", "--users", "u1", "--roles", "")
 	runCLI(t, db, "emit", "--topic", "task_event", "--broadcast")
 	var users, roles []string

@@ -12,14 +12,8 @@ import (
 	"time"
 
 	"github.com/grupogad/outboxd/internal/dbtest"
+	"github.com/grupogad/outboxd/internal/pyvenv"
 )
-
-func pythonPath() string {
-	if p := os.Getenv("OUTBOXD_PYTHON"); p != "" {
-		return p
-	}
-	return "/usr/bin/python3"
-}
 
 // The example producers — Go, Python/SQLAlchemy and plain SQL — run against
 // the real database, and every event they commit reaches a WebSocket client
@@ -68,7 +62,7 @@ func TestExampleProducersReachClient(t *testing.T) {
 		t.Fatalf("build the Go example: %v\n%s", err, out)
 	}
 	run(goProducer, "-count", "40", "-rate", "0")
-	run(pythonPath(), "examples/python-sqlalchemy/producer.py", "--count", "20", "--rate", "0")
+	run(pyvenv.Python(t), "examples/python-sqlalchemy/producer.py", "--count", "20", "--rate", "0")
 	run("psql", db.URL, "-v", "ON_ERROR_STOP=1", "-q", "-f", "examples/sql/emit.sql")
 
 	var total int64
@@ -116,20 +110,4 @@ func TestExampleProducersReachClient(t *testing.T) {
 	if statusChanges == 0 {
 		t.Fatal("no status_changed event from the SQLAlchemy listener")
 	}
-}
-
-// The Python helpers' own tests (examples/python-sqlalchemy/test_*.py), on
-// a migrated database of their own.
-func TestPythonHelpers(t *testing.T) {
-	t.Parallel()
-	db := dbtest.New(t)
-	root, _ := filepath.Abs(filepath.Join("..", ".."))
-	cmd := exec.Command(pythonPath(), "-m", "unittest", "discover", "-s", "examples/python-sqlalchemy", "-p", "test_*.py", "-v")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "DATABASE_URL="+db.URL)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("python tests: %v\n%s", err, out)
-	}
-	t.Logf("%s", out)
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/grupogad/outboxd/internal/dbtest"
 	"github.com/grupogad/outboxd/internal/proctest"
+	"github.com/grupogad/outboxd/internal/pyvenv"
 )
 
 // appAPI is a logged-in client of the FastAPI example.
@@ -120,7 +121,7 @@ func TestFastAPIAppInChromium(t *testing.T) {
 	root, _ := filepath.Abs(filepath.Join("..", ".."))
 	appAddr := proctest.FreeAddr(t)
 	port := appAddr[strings.LastIndexByte(appAddr, ':')+1:]
-	app := exec.Command(pythonPath(), "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", port)
+	app := exec.Command(pyvenv.Python(t), "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", port)
 	app.Dir = filepath.Join(root, "examples", "fastapi-app")
 	app.Env = append(os.Environ(), "DATABASE_URL="+db.URL, "SECRET_KEY="+testSecret,
 		"OUTBOXD_WS_URL=ws://"+ox.Addr+"/ws/connect")
@@ -299,7 +300,7 @@ func checkAppAuthorization(t *testing.T, base string, admin *appAPI) {
 		t.Errorf("admin: GET /api/users → %d %s", code, body)
 	}
 	// Outside development the app does not start on the public keys.
-	check := exec.Command(pythonPath(), "-c", "import app")
+	check := exec.Command(pyvenv.Python(t), "-c", "import app")
 	check.Dir = filepath.Join("..", "..", "examples", "fastapi-app")
 	check.Env = append(os.Environ(), "APP_ENV=production", "SECRET_KEY=", "APP_SESSION_KEY=")
 	if out, err := check.CombinedOutput(); err == nil || !strings.Contains(string(out), "APP_SESSION_KEY") {

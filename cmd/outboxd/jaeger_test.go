@@ -13,6 +13,7 @@ import (
 
 	"github.com/grupogad/outboxd/internal/dbtest"
 	"github.com/grupogad/outboxd/internal/proctest"
+	"github.com/grupogad/outboxd/internal/pyvenv"
 )
 
 // jaegerConfig is Jaeger v2 all-in-one with in-memory storage, every port
@@ -146,7 +147,7 @@ func TestTracesInJaeger(t *testing.T) {
 	checkLinked(t, get, time.Minute, "go-producer", jlog.String())
 
 	// The Python example, with the W3C header and the span export by hand.
-	py := exec.Command(pythonPath(), "examples/python-sqlalchemy/producer.py", "--count", "1", "--rate", "0")
+	py := exec.Command(pyvenv.Python(t), "examples/python-sqlalchemy/producer.py", "--count", "1", "--rate", "0")
 	py.Dir = root
 	py.Env = append(os.Environ(), append([]string{"DATABASE_URL=" + db.URL, "OTEL_SERVICE_NAME=python-producer"}, otel...)...)
 	if out, err := py.CombinedOutput(); err != nil {

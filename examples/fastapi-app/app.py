@@ -6,14 +6,15 @@ wired to outboxd.
 What a team has to get right, and where it is done here:
 
 * Every change and its event commit together: the models are tracked
-  (outbox.track) and install_hooks emits their events at commit, in the same
+  (outboxd.orm.track) and install_hooks emits their events at commit, in the same
   transaction. A rolled-back change emits nothing.
 * The page gets its state and the stream position without a race:
   GET /api/state reads the rows AND outbox.head()/outbox.epoch() in ONE
-  REPEATABLE READ transaction; the page connects with since=head&epoch=…, so
+  REPEATABLE READ transaction (outboxd.fastapi.snapshot); the page connects with since=head&epoch=…, so
   a change committed in between is delivered once, neither lost nor twice.
-* Tokens: GET /api/ws-token mints a short-lived token for the logged-in
-  user, signed with the key outboxd trusts (SECRET_KEY, HS256). With an
+* Tokens: GET /api/ws-token (outboxd.fastapi.ws_token_route) mints a
+  short-lived token for the logged-in user, signed with the key outboxd
+  trusts (SECRET_KEY, HS256). With an
   identity provider, outboxd reads its JWKS_URL instead and this endpoint
   returns the provider's access token.
 * Who is online: with outboxd's PRESENCE=true, the database knows which
@@ -34,6 +35,10 @@ without SECRET_KEY and APP_SESSION_KEY, and its cookie is Secure. Every
 endpoint checks the caller's role: operators (LEVEL_1) create and move
 tasks, supervisors (LEVEL_2) change efectivos, an assignee may move their
 own task, ADMIN does everything.
+
+Needs: the outboxd package (clients/python) and Debian's python3-fastapi,
+python3-uvicorn, python3-sqlalchemy, python3-psycopg2 and python3-jwt —
+scripts/python-venv.sh makes .venv with all of them (see README.md).
 """
 import os
 import sys
@@ -47,9 +52,11 @@ from pydantic import BaseModel
 from sqlalchemy import BigInteger, Boolean, Column, Identity, String, create_engine, func, select, text
 from sqlalchemy.orm import Session, declarative_base
 
+from outboxd import disconnect
+from outboxd.fastapi import snapshot, ws_token_route
+from outboxd.orm import install_hooks, queue_event, track
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "python-sqlalchemy"))
-from outbox import disconnect, install_hooks, queue_event, track  # noqa: E402
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres").replace(
     "postgres://", "postgresql://", 1)
@@ -221,14 +228,14 @@ def me(user=Depends(current_user)):
     return {"id": user.id, "name": user.name, "role": user.role}
 
 
-@app.get("/api/ws-token")
-def ws_token(user=Depends(current_user)):
-    """A short-lived token for outboxd, for the logged-in user and the role
-    the database says they have NOW (the page asks again after 4001/4003)."""
-    now = int(time.time())
-    token = jwt.encode({"sub": user.id, "role": user.role, "iat": now, "exp": now + WS_TOKEN_TTL},
-                       SECRET_KEY, algorithm="HS256")
-    return {"token": token, "expires_in": WS_TOKEN_TTL}
+def ws_identity(user=Depends(current_user)):
+    """Who a token for outboxd is for: the logged-in user, with the role the
+    database says they have NOW (the page asks again after 4001/4003)."""
+    return user.id, [user.role]
+
+
+# GET /api/ws-token → {"token", "expires_in"}: short-lived, refreshed in band.
+ws_token_route(app, secret=SECRET_KEY, identity=ws_identity, ttl=WS_TOKEN_TTL)
 
 
 @app.get("/api/state")
@@ -236,15 +243,15 @@ def state(user=Depends(current_user)):
     """The board and the stream position in ONE snapshot: outboxd's events
     after `since` are exactly the changes this state does not show yet —
     who is online included (outbox.online_users, then `presence` events)."""
-    with engine.connect() as conn:
-        conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        with conn.begin():
-            tasks = conn.execute(text("SELECT id, title, status, assignee FROM app_tasks ORDER BY id")).mappings().all()
-            efectivos = conn.execute(text(
-                "SELECT e.id, e.nombre, e.disponible, e.user_id, o.user_id IS NOT NULL AS online "
-                "FROM app_efectivos e LEFT JOIN outbox.online_users o ON o.user_id = e.user_id "
-                "ORDER BY e.id")).mappings().all()
-            since, epoch = conn.execute(text("SELECT outbox.head(), outbox.epoch()")).one()
+    def read(conn):
+        tasks = conn.execute(text("SELECT id, title, status, assignee FROM app_tasks ORDER BY id")).mappings().all()
+        efectivos = conn.execute(text(
+            "SELECT e.id, e.nombre, e.disponible, e.user_id, o.user_id IS NOT NULL AS online "
+            "FROM app_efectivos e LEFT JOIN outbox.online_users o ON o.user_id = e.user_id "
+            "ORDER BY e.id")).mappings().all()
+        return tasks, efectivos
+
+    (tasks, efectivos), since, epoch = snapshot(engine, read)
     visible = [dict(t) for t in tasks if user.role in ("LEVEL_1", "ADMIN") or t["assignee"] == user.id]
     return {"user": {"id": user.id, "name": user.name, "role": user.role},
             "tasks": visible,

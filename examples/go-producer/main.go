@@ -22,6 +22,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -118,8 +119,15 @@ func run(ctx context.Context, url string, count int, rate float64, users int) er
 		return err
 	}
 	defer pool.Close()
+	var migrated bool
+	if err := pool.QueryRow(ctx, `SELECT to_regprocedure('outbox.emit(text,jsonb,text[],text[],text)') IS NOT NULL`).Scan(&migrated); err != nil {
+		return err
+	}
+	if !migrated {
+		return errors.New("this database has no outbox schema: run `outboxd migrate` (or start outboxd, which applies it) first")
+	}
 	if _, err := pool.Exec(ctx, schema); err != nil {
-		return fmt.Errorf("demo schema (is outboxd's migration applied?): %w", err)
+		return fmt.Errorf("the demo tables demo_tasks and demo_efectivos (this example's own; another program may have made tables of those names with other columns: drop them or use another database): %w", err)
 	}
 	var tick <-chan time.Time
 	if rate > 0 {

@@ -8,7 +8,12 @@ automatically by an after_flush listener, as the original system's
 written by the before_commit hook, so a rollback loses nothing and invents
 nothing.
 
-    python3 producer.py --database-url postgresql://postgres@127.0.0.1/postgres --count 20
+    .venv/bin/python examples/python-sqlalchemy/producer.py --count 20
+
+Needs: the outboxd package (clients/python) and Debian's python3-sqlalchemy
+and python3-psycopg2 — scripts/python-venv.sh makes .venv with all of them.
+Its tables are its own (sqla_tasks, sqla_efectivos): the Go producer's
+demo_* tables have other columns.
 """
 import argparse
 import os
@@ -21,13 +26,14 @@ from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Identity, String,
 from sqlalchemy.orm import Session, declarative_base
 
 import tracing
-from outbox import emit, install_hooks, queue_event, set_traceparent_func
+from outboxd import emit, set_traceparent_func
+from outboxd.orm import install_hooks, queue_event
 
 Base = declarative_base()
 
 
 class Task(Base):
-    __tablename__ = "demo_tasks"
+    __tablename__ = "sqla_tasks"
     id = Column(BigInteger, Identity(always=True), primary_key=True)
     title = Column(String, nullable=False)
     status = Column(String, nullable=False, default="pending")
@@ -36,7 +42,7 @@ class Task(Base):
 
 
 class Efectivo(Base):
-    __tablename__ = "demo_efectivos"
+    __tablename__ = "sqla_efectivos"
     id = Column(BigInteger, primary_key=True)
     nombre = Column(String, nullable=False)
     disponible = Column(Boolean, nullable=False, default=True)

@@ -8,7 +8,7 @@ Each span is exported on exit as OTLP/HTTP JSON when
 OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set,
 under OTEL_SERVICE_NAME, so a trace viewer shows the producer's span and,
 linked to it, outboxd's "process <topic>" span. With opentelemetry-api
-installed, use its propagator instead: outbox.set_traceparent_func() takes
+installed, use its propagator instead: outboxd.set_traceparent_func() takes
 any function returning the current traceparent.
 """
 import contextvars

@@ -1,97 +1,47 @@
-"""outboxd producer helpers for SQLAlchemy (1.4 and 2.0).
+"""SQLAlchemy integration (1.4 and 2.0): events declared on models, queued
+in the unit of work, emitted at commit in the same transaction; and the
+state-plus-position snapshot.
 
-The rule: an event is written in the SAME transaction as the change it
-describes, as the LAST statement before COMMIT. Then the event exists if and
-only if the change committed, and outboxd delivers events in commit order.
+    from outboxd.orm import install_hooks, queue_event, track, snapshot
 
-Two ways to do it:
-
-    # 1. explicitly, right before commit
-    with Session(engine) as session, session.begin():
-        task.status = "done"
-        session.flush()
-        emit(session, "task_event", {"task_id": task.id, "status": "done"}, roles=["LEVEL_1"])
-
-    # 2. queue it anywhere in the unit of work; install_hooks() emits every
-    #    queued event in a before_commit hook, after the final flush
-    install_hooks(Session)
-    queue_event(session, "efectivo_event", {"efectivo_id": 7, "disponible": False}, broadcast=True)
-    session.commit()
-
-    # 3. declare it on the model: changes of tracked rows become events,
-    #    emitted at commit in the same transaction, once per row and commit
+    # declare it on the model: changes of tracked rows become events,
+    # emitted at commit in the same transaction, once per row and commit
     track(Task, "task_event", on=("insert", "update"), fields=("status",),
           roles=["LEVEL_1"], users=lambda task: [task.assignee])
     install_hooks(Session)
+
+    # or queue one anywhere in the unit of work
+    queue_event(session, "efectivo_event", {"efectivo_id": 7}, broadcast=True)
+    session.commit()
+
+    # a page's state and the stream position, without a race
+    tasks, since, epoch = snapshot(engine, lambda conn: conn.execute(select(Task)).all())
 """
-import json
+from __future__ import annotations
 
-from sqlalchemy import event, inspect, text
+from typing import Any, Callable, Tuple, TypeVar
 
-_EMIT = text(
-    "SELECT outbox.emit(:topic, CAST(:payload AS jsonb), CAST(:users AS text[]), "
-    "CAST(:roles AS text[]), :traceparent)"
-)
+from sqlalchemy import event, inspect
+
+from .producer import check_targets, current_traceparent, emit, position
+
+__all__ = ["queue_event", "track", "install_hooks", "snapshot", "TrackSpec"]
+
+T = TypeVar("T")
 _QUEUE_KEY = "outboxd.events"
-_traceparent_func = None
 
 
-def set_traceparent_func(fn):
-    """Install a function returning the current span's W3C traceparent (or
-    None); emit() stores it with each event, and outboxd's consumer span
-    links to it. tracing.current_traceparent is one; with opentelemetry-api,
-    one built on its propagator."""
-    global _traceparent_func
-    _traceparent_func = fn
-
-
-def _check_targets(where, users, roles, broadcast):
-    """Broadcasting is explicit: no targets at all is a mistake (a
-    forgotten argument, a callback that returned None), never everyone."""
-    if broadcast:
-        if users is not None or roles is not None:
-            raise ValueError("%s: broadcast=True sends to everyone; give it without users and roles" % where)
-    elif users is None and roles is None:
-        raise ValueError("%s: no targets: give users and/or roles (an empty list reaches nobody), "
-                         "or broadcast=True to send to every client" % where)
-
-
-def emit(session, topic, data, users=None, roles=None, traceparent=None, broadcast=False):
-    """Insert one event through the session's connection and return its id.
-
-    users: JWT "sub" values; roles: role names. A union. An empty list is an
-    empty set (a recipient query that found nobody reaches nobody).
-    broadcast=True, with neither users nor roles, sends to every client;
-    no targets without it is refused (ValueError).
-    A bad topic or payload fails here, inside your transaction, with the name
-    of the constraint it broke (e.g. events_topic_format_check).
-    """
-    _check_targets("emit", users, roles, broadcast)
-    return session.execute(
-        _EMIT,
-        {
-            "topic": topic,
-            "payload": json.dumps(data, default=str),
-            "users": None if users is None else list(users),
-            "roles": None if roles is None else list(roles),
-            "traceparent": traceparent or (_traceparent_func() if _traceparent_func else None),
-        },
-    ).scalar_one()
-
-
-_DISCONNECT = text("SELECT outbox.disconnect(CAST(:users AS text[]), :reason)")
-
-
-def disconnect(session, users, reason="revoked"):
-    """Close every live session of these users (WebSocket code 4003, reason)
-    once they have every event committed before this transaction, on every
-    outboxd replica. Call it in the transaction that changes their
-    permissions: the cut happens if and only if the change commits, and the
-    browser then asks the app for a new token."""
-    users = list(users)
-    if not users:
-        raise ValueError("disconnect: users must not be empty")
-    session.execute(_DISCONNECT, {"users": users, "reason": reason})
+def snapshot(engine: Any, read: Callable[[Any], T]) -> Tuple[T, int, str]:
+    """Run read(conn) and read the stream position in ONE REPEATABLE READ
+    transaction: returns (read's result, since, epoch). A client that
+    connects with since and epoch receives exactly the changes that state
+    does not show yet — none twice, none lost."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            state = read(conn)
+            since, ep = position(conn)
+    return state, since, ep
 
 
 def queue_event(session, topic, data, users=None, roles=None, broadcast=False):
@@ -103,9 +53,9 @@ def queue_event(session, topic, data, users=None, roles=None, broadcast=False):
     SQLAlchemy's rollback() is a no-op that fires no event, and the event
     would leak into the next commit).
     """
-    _check_targets("queue_event", users, roles, broadcast)
+    check_targets("queue_event", users, roles, broadcast)
     session.connection()
-    tp = _traceparent_func() if _traceparent_func else None  # the span current now
+    tp = current_traceparent()  # the span current now
     session.info.setdefault(_QUEUE_KEY, []).append((topic, data, users, roles, tp, broadcast))
 
 
@@ -119,7 +69,7 @@ class TrackSpec:
         unknown = set(on) - set(_ACTIONS)
         if unknown:
             raise ValueError("track: on must be among insert, update, delete; got %s" % sorted(unknown))
-        _check_targets("track(%s)" % model.__name__, users, roles, broadcast)
+        check_targets("track(%s)" % model.__name__, users, roles, broadcast)
         self.model, self.topic, self.on = model, topic, tuple(on)
         self.fields = tuple(fields) if fields is not None else None
         self.users, self.roles, self.payload, self.broadcast = users, roles, payload, broadcast
