@@ -19,6 +19,7 @@ test-deps: db-up ## Everything the tests need (apt-installs what is missing): Po
 	@scripts/ensure-pgbouncer.sh
 	@scripts/ensure-node.sh
 	@scripts/ensure-python.sh
+	@scripts/python-venv.sh >/dev/null
 	@scripts/ensure-jaeger.sh
 
 .PHONY: run
@@ -26,7 +27,7 @@ run: db-up ## Run the sidecar with the default (development) config on :8002
 	$(GO) run ./cmd/outboxd
 
 .PHONY: demo
-demo: ## Run outboxd and the FastAPI example app together (http://127.0.0.1:8000/)
+demo: ## Run outboxd and the FastAPI example app together (http://127.0.0.1:8000/); apt-installs Debian's Python packages if missing, says which first
 	@scripts/demo.sh
 
 .PHONY: build

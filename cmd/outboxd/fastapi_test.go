@@ -161,8 +161,14 @@ func TestFastAPIAppInChromium(t *testing.T) {
 		t.Cleanup(cancelT)
 		p := &page{t: t, ctx: ctx}
 		base := "http://" + host + ".localhost:" + port + "/"
-		if err := chromedp.Do(ctx, chromedp.Navigate(base), chromedp.WaitVisible(`[data-user="`+user+`"]`),
-			chromedp.Click(`[data-user="`+user+`"]`)); err != nil {
+		if err := chromedp.Do(ctx, chromedp.Navigate(base), chromedp.WaitVisible(`[data-user="`+user+`"]`)); err != nil {
+			t.Fatal(err)
+		}
+		// The login screen shows the login only: no board, no badge.
+		if got := p.eval(`[getComputedStyle(document.getElementById("app")).display, getComputedStyle(document.getElementById("banner")).display].join(",")`); got != "none,none" {
+			t.Fatalf("the login screen shows the board or the badge (display %s)", got)
+		}
+		if err := chromedp.Do(ctx, chromedp.Click(`[data-user="`+user+`"]`)); err != nil {
 			t.Fatal(err)
 		}
 		p.wait("#who", name)
@@ -186,6 +192,31 @@ func TestFastAPIAppInChromium(t *testing.T) {
 	admin.must("PATCH", "/api/tasks/2", map[string]string{"status": "in_progress"})
 	operator.wait(`.col[data-status="in_progress"]`, "Ronda norte")
 	operator.wait("#dashboard", "in_progress 1")
+	// From the page itself: the operator creates a task for op2, moves it
+	// and assigns it to op1; the supervisor toggles an efectivo.
+	if err := chromedp.Do(operator.ctx, chromedp.SetValue("#new-title", "Desde la página"),
+		chromedp.SetValue("#new-assignee", "op2"), chromedp.Click("#create")); err != nil {
+		t.Fatal(err)
+	}
+	operator.wait(`.col[data-status="pending"]`, "Desde la página")
+	onCard := func(p *page, title, control, value string) {
+		t.Helper()
+		p.eval(fmt.Sprintf(`{
+			const card = [...document.querySelectorAll(".task")].find((d) => d.textContent.includes(%q));
+			const sel = card.querySelector('select[aria-label=%q]');
+			sel.value = %q;
+			sel.dispatchEvent(new Event("change"));
+		} ""`, title, control, value))
+	}
+	onCard(operator, "Desde la página", "mover", "blocked")
+	operator.wait(`.col[data-status="blocked"]`, "Desde la página")
+	operator.wait("#alerts", "bloqueada") // the system_event the app sends with it
+	onCard(operator, "Desde la página", "asignar", "op1")
+	operator.wait(`.col[data-status="blocked"]`, "· op1")
+	if err := chromedp.Do(supervisor.ctx, chromedp.Click(`.efectivo[data-id="5"] button`)); err != nil {
+		t.Fatal(err)
+	}
+	supervisor.wait("#efectivos", "Efectivo 5: no disponible")
 	// An efectivo change for LEVEL_2 reaches the supervisor, not the operator.
 	admin.must("PATCH", "/api/efectivos/3", map[string]bool{"disponible": false})
 	supervisor.wait("#efectivos", "Efectivo 3: no disponible")
@@ -267,6 +298,13 @@ func TestFastAPIAppInChromium(t *testing.T) {
 	png, err := chromedp.Run(operator.ctx, chromedp.FullScreenshot(100))
 	if err == nil {
 		_ = os.WriteFile(filepath.Join(artifactsDir(t), "fastapi-app.png"), png, 0o644)
+	}
+	// Log out from the page: back to the login, and the stream is closed.
+	if err := chromedp.Do(supervisor.ctx, chromedp.Click("#logout"), chromedp.WaitVisible(`[data-user="sup1"]`)); err != nil {
+		t.Fatal(err)
+	}
+	if got := supervisor.eval(`getComputedStyle(document.getElementById("app")).display`); got != "none" {
+		t.Fatalf("after logging out the board still shows (display %s)", got)
 	}
 }
 

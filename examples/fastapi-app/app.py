@@ -219,8 +219,16 @@ def logout(response: Response):
 
 @app.get("/api/users")
 def users(user=Depends(current_user), s: Session = Depends(db)):
+    """Every user with their role: ADMIN only (it changes roles)."""
     require_role(user, "ADMIN")
     return user_list(s)
+
+
+@app.get("/api/assignees")
+def assignees(user=Depends(current_user), s: Session = Depends(db)):
+    """Who a task can be assigned to (ids and names): for the roles that assign."""
+    require_role(user, "LEVEL_1", "ADMIN")
+    return [{"id": u["id"], "name": u["name"]} for u in user_list(s)]
 
 
 @app.get("/api/me")
@@ -267,7 +275,11 @@ class NewTask(BaseModel):
 @app.post("/api/tasks", status_code=201)
 def create_task(body: NewTask, user=Depends(current_user), s: Session = Depends(db)):
     require_role(user, "LEVEL_1", "ADMIN")
+    if not body.title.strip():
+        raise HTTPException(422, "a task needs a title")
     with s.begin():
+        if s.get(User, body.assignee) is None:
+            raise HTTPException(422, "no such user: " + body.assignee)
         task = Task(title=body.title, assignee=body.assignee)
         s.add(task)
         s.flush()
@@ -279,6 +291,7 @@ def create_task(body: NewTask, user=Depends(current_user), s: Session = Depends(
 class TaskChange(BaseModel):
     title: str | None = None
     status: str | None = None
+    assignee: str | None = None
 
 
 @app.patch("/api/tasks/{task_id}")
@@ -288,12 +301,21 @@ def change_task(task_id: int, body: TaskChange, user=Depends(current_user), s: S
         if task is None:
             raise HTTPException(404, "no such task")
         # Operators and admins change any task; an assignee moves their own.
-        if user.role not in ("LEVEL_1", "ADMIN") and not (task.assignee == user.id and body.title is None):
+        if user.role not in ("LEVEL_1", "ADMIN") and not (
+                task.assignee == user.id and body.title is None and body.assignee is None):
             raise HTTPException(403, "this needs the role LEVEL_1 or ADMIN, or to be the task's assignee (status only)")
         if body.title is not None:
             task.title = body.title
         if body.status is not None:
             task.status = body.status
+        if body.assignee is not None and body.assignee != task.assignee:
+            if s.get(User, body.assignee) is None:
+                raise HTTPException(422, "no such user: " + body.assignee)
+            # The task_event goes to the new assignee (track); the previous
+            # one is told it left their board.
+            queue_event(s, "task_event", dict(task_row(task), assignee=body.assignee, action="unassigned"),
+                        users=[task.assignee])
+            task.assignee = body.assignee
         s.flush()  # the change is written...
         if task.status not in STATUSES:  # ...and refused: the transaction rolls back, no event
             raise HTTPException(422, f"status must be one of {', '.join(STATUSES)}")
