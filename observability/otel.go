@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
@@ -111,11 +112,13 @@ func Setup(ctx context.Context, o Options) (*Providers, error) {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	promExp, err := otelprom.New(otelprom.WithRegisterer(reg))
+	// No otel_scope_* labels on every series: the metric names say where
+	// they come from.
+	promExp, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutScopeInfo())
 	if err != nil {
 		return nil, fmt.Errorf("prometheus exporter: %w", err)
 	}
-	mopts := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithReader(promExp), LatencyView()}
+	mopts := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithReader(promExp), LatencyView(), HTTPViews()}
 	if endpoint || getenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") != "" {
 		if getenv("OTEL_METRICS_EXPORTER") != "none" {
 			var mexp sdkmetric.Exporter
@@ -139,6 +142,22 @@ func Setup(ctx context.Context, o Options) (*Providers, error) {
 	otel.SetMeterProvider(mp)
 	p.MetricsHandler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	return p, nil
+}
+
+// HTTPViews keep otelhttp's request duration with the labels a dashboard
+// groups by — method, route, status — and drop its body-size histograms:
+// with every label otelhttp sets (protocol, server address and port,
+// scheme, …) a handful of requests made tens of kilobytes of output.
+func HTTPViews() sdkmetric.Option {
+	return sdkmetric.WithView(
+		sdkmetric.NewView(sdkmetric.Instrument{Name: "http.server.request.duration"},
+			sdkmetric.Stream{AttributeFilter: attribute.NewAllowKeysFilter(
+				"http.request.method", "http.route", "http.response.status_code")}),
+		sdkmetric.NewView(sdkmetric.Instrument{Name: "http.server.request.body.size"},
+			sdkmetric.Stream{Aggregation: sdkmetric.AggregationDrop{}}),
+		sdkmetric.NewView(sdkmetric.Instrument{Name: "http.server.response.body.size"},
+			sdkmetric.Stream{Aggregation: sdkmetric.AggregationDrop{}}),
+	)
 }
 
 // LatencyView gives the latency histogram its 1 ms–10 s buckets.

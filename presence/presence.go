@@ -135,6 +135,15 @@ func New(pool *pgxpool.Pool, cfg Config) *Recorder {
 		metric.WithDescription("Replicas swept after PRESENCE_TTL without a heartbeat."))
 	r.errors, _ = m.Int64Counter("outboxd.presence.errors",
 		metric.WithDescription("Presence writes or sweeps that failed (retried at the next interval)."))
+	// Every series from the start, at zero (rate() and alerts see them).
+	bg := context.Background()
+	for _, st := range []string{"online", "offline"} {
+		r.events.Add(bg, 0, metric.WithAttributes(attribute.String("state", st)))
+	}
+	for _, op := range []string{"write", "sweep"} {
+		r.errors.Add(bg, 0, metric.WithAttributes(attribute.String("op", op)))
+	}
+	r.sweeps.Add(bg, 0)
 	users, _ := m.Int64ObservableGauge("outboxd.presence.users", metric.WithUnit("{user}"),
 		metric.WithDescription("Distinct users with a session on this replica."))
 	_, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {

@@ -296,7 +296,7 @@ func NewSequencer(pool *pgxpool.Pool, cfg SequencerConfig) *Sequencer {
 		return nil
 	}, limit)
 	// Instrument creation only fails on invalid names, which these are not.
-	s.batchSize, _ = m.Int64Histogram("outboxd.relay.batch.size", metric.WithUnit("{event}"),
+	s.batchSize, _ = m.Int64Histogram("outboxd.relay.batch.rows", metric.WithUnit("{row}"),
 		metric.WithDescription("Rows numbered per sequencer batch."),
 		metric.WithExplicitBucketBoundaries(1, 10, 100, 500, 1000, 2000, 5000, 10000, 50000))
 	s.batchDur, _ = m.Float64Histogram("outboxd.relay.batch.duration", metric.WithUnit("s"),

@@ -3,6 +3,8 @@ package ws
 import (
 	"bytes"
 	"context"
+	"maps"
+	"net/http"
 	"strconv"
 	"time"
 
@@ -65,17 +67,25 @@ func (h *Hub) initTelemetry() {
 	broadcasts, _ := m.Int64ObservableCounter("outboxd.ws.broadcasts", metric.WithDescription("Test broadcasts."))
 	catchUps, _ := m.Int64ObservableCounter("outboxd.ws.catchups", metric.WithDescription("Times a session's live queue filled and it caught up from memory or the table."))
 	resyncs, _ := m.Int64ObservableCounter("outboxd.ws.resyncs", metric.WithDescription("resync_required frames sent."))
-	malformed, _ := m.Int64ObservableCounter("outboxd.relay.rows.malformed", metric.WithUnit("{event}"),
+	ready, _ := m.Int64ObservableGauge("outboxd.ready", metric.WithDescription("1 while /readyz answers 200 (the same checks, reused for a second), else 0."))
+	// The relay's position and backlog, as this replica's hub sees them, in
+	// the relay's scope.
+	rm := mp.Meter(relayScope)
+	malformed, _ := rm.Int64ObservableCounter("outboxd.relay.rows.malformed", metric.WithUnit("{event}"),
 		metric.WithDescription("Rows relayed with a column that could not be decoded as stored (created_at at infinity): delivered with the time they were read."))
 	pages, _ := m.Int64ObservableCounter("outboxd.ws.catchup.pages", metric.WithDescription("Catch-up pages, by source: memory (recent frames) or table."))
-	head, _ := m.Int64ObservableGauge("outboxd.relay.head_seq", metric.WithDescription("Last assigned seq."))
-	dispatched, _ := m.Int64ObservableGauge("outboxd.relay.dispatched_seq", metric.WithDescription("Last seq this replica's hub delivered."))
-	lag, _ := m.Int64ObservableGauge("outboxd.relay.tailer.lag", metric.WithUnit("{event}"), metric.WithDescription("head_seq minus dispatched_seq."))
-	pending, _ := m.Int64ObservableGauge("outboxd.relay.pending", metric.WithUnit("{event}"), metric.WithDescription("Rows not yet sequenced."))
-	oldest, _ := m.Float64ObservableGauge("outboxd.relay.oldest_pending_age", metric.WithUnit("s"), metric.WithDescription("Age of the oldest row not yet sequenced."))
+	head, _ := rm.Int64ObservableGauge("outboxd.relay.head_seq", metric.WithDescription("Last assigned seq."))
+	dispatched, _ := rm.Int64ObservableGauge("outboxd.relay.dispatched_seq", metric.WithDescription("Last seq this replica's hub delivered."))
+	lag, _ := rm.Int64ObservableGauge("outboxd.relay.tailer.lag", metric.WithUnit("{event}"), metric.WithDescription("head_seq minus dispatched_seq."))
+	pending, _ := rm.Int64ObservableGauge("outboxd.relay.pending", metric.WithUnit("{event}"), metric.WithDescription("Rows not yet sequenced."))
+	oldest, _ := rm.Float64ObservableGauge("outboxd.relay.oldest_pending_age", metric.WithUnit("s"), metric.WithDescription("Age of the oldest row not yet sequenced."))
 
-	reason := func(r string) metric.ObserveOption { return metric.WithAttributes(attribute.String("reason", r)) }
 	_, _ = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		if status, _ := h.readiness(ctx); status == http.StatusOK {
+			o.ObserveInt64(ready, 1)
+		} else {
+			o.ObserveInt64(ready, 0)
+		}
 		h.mu.RLock()
 		o.ObserveInt64(sessions, int64(len(h.routes.all)))
 		perTransport := map[string]int64{TransportWebSocket: 0, TransportSSE: 0}
@@ -100,28 +110,42 @@ func (h *Hub) initTelemetry() {
 		o.ObserveInt64(connects, hm.connects.Load())
 		o.ObserveInt64(broadcasts, hm.broadcasts.Load())
 		o.ObserveInt64(catchUps, hm.catchUps.Load())
-		o.ObserveInt64(malformed, hm.malformed.Load())
 		o.ObserveInt64(resyncs, hm.resyncs.Load())
 		o.ObserveInt64(pages, hm.pagesMemory.Load(), metric.WithAttributes(attribute.String("source", "memory")))
 		o.ObserveInt64(pages, hm.pagesTable.Load(), metric.WithAttributes(attribute.String("source", "table")))
 		d, rj, se := h.Counts()
-		for r, n := range d {
-			o.ObserveInt64(drops, n, reason(r))
-		}
-		for r, n := range rj {
-			o.ObserveInt64(rejections, n, reason(r))
-		}
 		hm.mu.Lock()
-		for outcome, n := range hm.refreshed {
-			o.ObserveInt64(refreshes, n, metric.WithAttributes(attribute.String("outcome", outcome)))
-		}
+		rf := maps.Clone(hm.refreshed)
 		hm.mu.Unlock()
-		for r, n := range se {
-			o.ObserveInt64(sendErrors, n, reason(r))
+		// Every known reason is a series from the start, at zero: rate()
+		// and an alert see it before its first increment.
+		for _, c := range []struct {
+			counter metric.Int64ObservableCounter
+			key     string
+			counts  map[string]int64
+			known   []string
+		}{
+			{drops, "reason", d, dropReasons},
+			{rejections, "reason", rj, rejectReasons},
+			{sendErrors, "reason", se, sendErrorReasons},
+			{refreshes, "outcome", rf, refreshOutcomes},
+		} {
+			for _, r := range c.known {
+				if _, ok := c.counts[r]; !ok {
+					c.counts[r] = 0
+				}
+			}
+			for r, n := range c.counts {
+				o.ObserveInt64(c.counter, n, metric.WithAttributes(attribute.String(c.key, r)))
+			}
 		}
 		for topic, n := range hm.topicCounts() {
 			o.ObserveInt64(sent, n, metric.WithAttributes(attribute.String("topic", topic)))
 		}
+		return nil
+	}, sessions, byTransport, byRole, users, subscriptions, connects, rejections, sent, sendErrors, drops, refreshes, broadcasts, catchUps, resyncs, pages, ready)
+	_, _ = rm.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		o.ObserveInt64(malformed, h.metrics.malformed.Load())
 		disp := h.head.Load()
 		o.ObserveInt64(dispatched, disp)
 		if st, err := h.relayStatus(ctx); err == nil {
@@ -131,9 +155,20 @@ func (h *Hub) initTelemetry() {
 			o.ObserveFloat64(oldest, st.Lag)
 		}
 		return nil
-	}, sessions, byTransport, byRole, users, subscriptions, connects, rejections, sent, sendErrors, drops, refreshes, broadcasts, catchUps, resyncs, malformed, pages,
-		head, dispatched, lag, pending, oldest)
+	}, malformed, head, dispatched, lag, pending, oldest)
 }
+
+// relayScope is the instrumentation scope of the relay's gauges the hub
+// observes (relay.scope's value).
+const relayScope = "github.com/grupogad/outboxd/relay"
+
+// The reasons and outcomes the per-reason counters start with at zero.
+var (
+	dropReasons      = []string{"too_far_behind", "past_retention", "token_expired", "disconnected", "history_changed", "message_rate"}
+	rejectReasons    = []string{"invalid_token", "revoked", "origin", "invalid_since", "invalid_epoch", "invalid_topics", "invalid_batch", "busy", "rate_limited", "shutting_down", "upgrade", "too_many_connections", "too_many_connections_for_user"}
+	sendErrorReasons = []string{"queue_full", "write_timeout"}
+	refreshOutcomes  = []string{"ok", "invalid_token", "sub_mismatch"}
+)
 
 // startProcessSpan starts the consumer span of one relayed event, linked to
 // the producer's trace when the row carries one.

@@ -183,7 +183,7 @@ func TestPrometheusMetricsExact(t *testing.T) {
 		// The sequencer records its batch after COMMIT returns, and the hub
 		// counts an event's frames after queueing them to every recipient:
 		// both may come after the client already read the events.
-		return value(fams, "outboxd_e2e_latency_seconds") == n && value(fams, "outboxd_relay_batch_size") >= 1 &&
+		return value(fams, "outboxd_e2e_latency_seconds") == n && value(fams, "outboxd_relay_batch_rows") >= 1 &&
 			value(fams, "outboxd_ws_messages_sent_total", "topic", "task_event") >= n
 	})
 	checks := []struct {
@@ -211,7 +211,7 @@ func TestPrometheusMetricsExact(t *testing.T) {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
-	if value(fams, "outboxd_relay_batch_size") < 1 || value(fams, "outboxd_relay_batch_duration_seconds") < 1 {
+	if value(fams, "outboxd_relay_batch_rows") < 1 || value(fams, "outboxd_relay_batch_duration_seconds") < 1 {
 		t.Error("no sequencer batch histograms")
 	}
 	// The stats endpoint reads the same counters.

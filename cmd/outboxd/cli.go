@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -282,4 +284,51 @@ func cmdTail(ctx context.Context, cfg Config, args []string, stdout, stderr io.W
 		return nil
 	}
 	return err
+}
+
+// cmdHealth asks a running outboxd's /readyz (or /healthz) and exits 0 on
+// 200: a container health check for images without a shell or curl.
+func cmdHealth(ctx context.Context, cfg Config, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("health", "Exit 0 when a running outboxd answers 200 on /readyz (a container health check; distroless has no curl).", stderr)
+	def := "http://" + localAddr(cfg.ListenAddr) + "/readyz"
+	if cfg.AdminAddr != "" {
+		def = "http://" + localAddr(cfg.AdminAddr) + "/readyz" // with the checks named
+	}
+	target := fs.String("url", def, "the readiness URL (/healthz for liveness)")
+	timeout := fs.Duration("timeout", 3*time.Second, "how long to wait for the answer")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *timeout <= 0 {
+		return errors.New("--timeout must be positive")
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, *target, nil)
+	if err != nil {
+		return fmt.Errorf("--url: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s answered %d: %s", *target, resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	fmt.Fprintf(stdout, "%s: %s\n", *target, strings.TrimSpace(string(body)))
+	return nil
+}
+
+// localAddr turns a listen address (":8002", "0.0.0.0:8002") into one to dial.
+func localAddr(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
 }

@@ -271,3 +271,35 @@ func TestCLIInputErrors(t *testing.T) {
 		t.Fatalf("%d rows from @file and stdin, want 2", n)
 	}
 }
+
+// outboxd health: 0 when the sidecar is ready, 1 with the reason when it
+// does not answer 200 or does not answer at all.
+func TestHealthSubcommand(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	p := startOutboxd(t, db)
+	health := func(args ...string) (int, string) {
+		cmd := exec.Command(binary, append([]string{"health"}, args...)...)
+		cmd.Env = []string{"LISTEN_ADDR=" + p.Addr}
+		out, err := cmd.CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode(), string(out)
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return 0, string(out)
+	}
+	if code, out := health(); code != 0 || !strings.Contains(out, `"status":"ok"`) {
+		t.Fatalf("health (from LISTEN_ADDR): %d %s", code, out)
+	}
+	if code, out := health("--url", "http://"+p.Addr+"/nothing-here"); code != 1 || !strings.Contains(out, "answered 404") {
+		t.Fatalf("health on a 404: %d %s", code, out)
+	}
+	dead := proctest.FreeAddr(t)
+	if code, out := health("--url", "http://"+dead+"/readyz"); code != 1 || !strings.Contains(out, "connection refused") {
+		t.Fatalf("health against nothing: %d %s", code, out)
+	}
+	if code, out := health("--timeout", "0s"); code != 1 || !strings.Contains(out, "--timeout must be positive") {
+		t.Fatalf("health --timeout 0s: %d %s", code, out)
+	}
+}

@@ -52,6 +52,7 @@ Usage:
   outboxd token [--sub --roles --ttl]            mint a development token
   outboxd emit --topic T [--data] --users/--roles | --broadcast   insert an event
   outboxd tail [--url --token --since --count]   print events from a running outboxd
+  outboxd health [--url]           exit 0 when a running outboxd is ready (container health checks)
   outboxd version                  print the version
 
 Each subcommand takes --help.
@@ -95,9 +96,11 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0
-	case "token", "emit", "tail":
+	case "token", "emit", "tail", "health":
 		var err error
 		switch cmd {
+		case "health":
+			err = cmdHealth(ctx, cfg, args[1:], stdout, stderr)
 		case "token":
 			err = cmdToken(cfg, args[1:], stdout, stderr)
 		case "emit":
