@@ -21,4 +21,6 @@ FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/outboxd /outboxd
 USER nonroot:nonroot
 EXPOSE 8002
+# distroless has no shell or curl: the binary asks its own /readyz.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s CMD ["/outboxd", "health"]
 ENTRYPOINT ["/outboxd"]

@@ -239,3 +239,135 @@ func TestMetricNamesAgainstRealOutput(t *testing.T) {
 		}
 	}
 }
+
+// The chart lints, and renders — as its own Deployment, as a sidecar in
+// the app's Pod, with the ServiceMonitor, without the migration Job —
+// objects that decode strictly into their Kubernetes types; values it
+// must refuse are refused with a message naming them.
+func TestHelmChart(t *testing.T) {
+	t.Parallel()
+	helm, check := tool(t, "helm"), tool(t, "deploycheck")
+	base := []string{"--set", "secrets.DATABASE_URL=postgres://outboxd@db:5432/app", "--set", "secrets.SECRET_KEY=0123456789abcdef0123",
+		"--set", "config.ALLOWED_ORIGINS=https://tablero.example"}
+	if out, err := exec.Command(helm, append([]string{"lint", "--strict", "helm/outboxd"}, base...)...).CombinedOutput(); err != nil {
+		t.Fatalf("helm lint: %v\n%s", err, out)
+	}
+	for _, c := range []struct {
+		name string
+		set  []string
+		want []string // objects the render must hold
+	}{
+		{"deployment", nil, []string{"Deployment outboxd", "Service outboxd", "Service outboxd-admin", "Secret outboxd", "PodDisruptionBudget outboxd", "Job outboxd-migrate"}},
+		{"sidecar", []string{"--set", "mode=sidecar", "--set", "app.image=registry.example/tablero:1.4"}, []string{"Deployment outboxd"}},
+		{"monitored", []string{"--set", "serviceMonitor.enabled=true", "--set", "secrets.ADMIN_TOKEN=t0ken"}, []string{"ServiceMonitor outboxd"}},
+		{"no-job", []string{"--set", "migrations.job=false", "--set", "secrets.create=false", "--set", "secrets.existingSecret=outboxd-secrets"}, nil},
+	} {
+		args := append(append([]string{"template", "outboxd", "helm/outboxd"}, base...), c.set...)
+		rendered, err := exec.Command(helm, args...).Output()
+		if err != nil {
+			t.Fatalf("%s: helm template: %v\n%s", c.name, err, stderrOf(err))
+		}
+		cmd := exec.Command(check, "k8s")
+		cmd.Stdin = strings.NewReader(string(rendered))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: the rendered objects do not decode strictly: %v\n%s\n%s", c.name, err, out, rendered)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(string(out), w+"\n") {
+				t.Errorf("%s: no %s in the render:\n%s", c.name, w, out)
+			}
+		}
+		r := string(rendered)
+		switch c.name {
+		case "deployment":
+			for _, w := range []string{"terminationGracePeriodSeconds: 20", "path: /readyz", "path: /healthz", "name: AUTO_MIGRATE\n              value: \"false\"", "sleep:", "readOnlyRootFilesystem: true"} {
+				if !strings.Contains(r, w) {
+					t.Errorf("deployment: the render lacks %q", w)
+				}
+			}
+		case "sidecar":
+			if !strings.Contains(r, "image: registry.example/tablero:1.4") || !strings.Contains(r, "ws://127.0.0.1:8002/ws/connect") {
+				t.Errorf("sidecar: the app's container is not beside outboxd:\n%s", r)
+			}
+		case "no-job":
+			if strings.Contains(r, "kind: Job") || strings.Contains(r, "kind: Secret") || !strings.Contains(r, "name: outboxd-secrets") ||
+				!strings.Contains(r, "name: AUTO_MIGRATE\n              value: \"true\"") {
+				t.Errorf("no-job: the render is wrong:\n%s", r)
+			}
+		}
+	}
+	for _, bad := range []struct {
+		set  []string
+		want string
+	}{
+		{[]string{"--set", "config.ALLOWED_ORIGINS="}, "ALLOWED_ORIGINS is required in production"},
+		{[]string{"--set", "secrets.DATABASE_URL="}, "secrets.DATABASE_URL is required"},
+		{[]string{"--set", "mode=sidecar"}, "app.image is required in sidecar mode"},
+		{[]string{"--set", "mode=daemon"}, "mode must be deployment or sidecar"},
+	} {
+		args := append(append([]string{"template", "outboxd", "helm/outboxd"}, base...), bad.set...)
+		out, err := exec.Command(helm, args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), bad.want) {
+			t.Errorf("helm template %v: %v, want an error saying %q\n%s", bad.set, err, bad.want, out)
+		}
+	}
+	// Every value the chart has is described in its README.
+	values, err := os.ReadFile("helm/outboxd/values.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("helm/outboxd/README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := regexp.MustCompile(`(?m)^([a-zA-Z]+):`)
+	for _, m := range top.FindAllStringSubmatch(string(values), -1) {
+		if !strings.Contains(string(readme), "`"+m[1]) {
+			t.Errorf("helm/outboxd/README.md does not describe the value %s", m[1])
+		}
+	}
+}
+
+func stderrOf(err error) string {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(ee.Stderr)
+	}
+	return ""
+}
+
+// The compose file loads and validates against the Compose Specification
+// (compose-go, what `docker compose config` runs; no Docker here), with
+// the example env files in place of the real ones.
+func TestComposeFile(t *testing.T) {
+	t.Parallel()
+	check := tool(t, "deploycheck")
+	dir := t.TempDir()
+	for src, dst := range map[string]string{"compose.yaml": "compose.yaml", "outboxd.env.example": "outboxd.env", "postgres.env.example": "postgres.env"} {
+		body, err := os.ReadFile(filepath.Join("compose", src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, dst), body, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command(check, "compose", filepath.Join(dir, "compose.yaml")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("compose: %v\n%s", err, out)
+	}
+	for _, s := range []string{"migrate", "outboxd", "postgres"} {
+		if !strings.Contains(string(out), "ok service "+s+"\n") {
+			t.Errorf("compose: no service %s:\n%s", s, out)
+		}
+	}
+	body, _ := os.ReadFile("compose/compose.yaml")
+	if regexp.MustCompile(`(?m)^version:`).Match(body) {
+		t.Error("compose.yaml carries the obsolete version: key")
+	}
+	// The repository's own docker-compose.yml too.
+	root, _ := filepath.Abs(filepath.Join("..", "docker-compose.yml"))
+	if out, err := exec.Command(check, "compose", root).CombinedOutput(); err != nil {
+		t.Fatalf("docker-compose.yml: %v\n%s", err, out)
+	}
+}
