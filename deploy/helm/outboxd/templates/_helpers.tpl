@@ -21,8 +21,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The environment every outboxd container gets (the Job's too). */}}
 {{- define "outboxd.env" -}}
 {{- range $k, $v := .Values.config }}
+{{- if ne (toString $v) "" }}
 - name: {{ $k }}
   value: {{ $v | quote }}
+{{- end }}
 {{- end }}
 {{- range $k, $v := .Values.extraEnv }}
 - name: {{ $k }}
