@@ -191,10 +191,18 @@ func TestReconnectStormThroughOneAddress(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	metrics, _ := io.ReadAll(resp.Body)
+	// The counter is present at zero from start: it must be there, and 0.
+	found := false
 	for _, line := range strings.Split(string(metrics), "\n") {
 		if strings.HasPrefix(line, "outboxd_ws_rejections") && strings.Contains(line, `reason="rate_limited"`) {
-			t.Fatalf("clients were rate limited: %s", line)
+			found = true
+			if fields := strings.Fields(line); fields[len(fields)-1] != "0" {
+				t.Fatalf("clients were rate limited: %s", line)
+			}
 		}
+	}
+	if !found {
+		t.Fatalf("no rate_limited rejections series in /metrics:\n%s", metrics)
 	}
 }
 
