@@ -64,7 +64,9 @@ func TestAlertRules(t *testing.T) {
 func scrape(t *testing.T) map[string]*dto.MetricFamily {
 	t.Helper()
 	db := dbtest.New(t)
-	p := proctest.Start(t, binary, proctest.FreeAddr(t), "DATABASE_URL="+db.URL, "PRESENCE=true")
+	p := proctest.Start(t, binary, proctest.FreeAddr(t), "DATABASE_URL="+db.URL, "PRESENCE=true",
+		// The database as its own "standby": the standby's metrics exist.
+		"READ_DATABASE_URL="+db.URL)
 	tok, err := ws.MintHS256(proctest.SecretKey, "ops1", []string{"LEVEL_1"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)

@@ -19,10 +19,15 @@ import (
 type Store struct {
 	pool    *pgxpool.Pool
 	timeout time.Duration
+	reads   *Reads
 }
 
 // NewStore returns a Store working through pool.
 func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool, timeout: QueryTimeoutDefault} }
+
+// WithReads sends the replay pages to a standby while it keeps up (the
+// positions and resume checks stay on pool).
+func (s *Store) WithReads(r *Reads) *Store { s.reads = r; return s }
 
 // History reads the head and epoch.
 func (s *Store) History(ctx context.Context) (History, error) {
@@ -104,11 +109,47 @@ ORDER BY ev.seq`
 // ReadEntitled appends to buf the events q asks for. Rows are read as they
 // stream in and reading stops once MaxBytes of payload are held: the rest
 // of the page is not kept (a page of 256 rows of 256 KiB would be 64 MiB).
+//
+// From a standby (WithReads) a page covers at most what the standby has
+// replayed, and both its statements run on one connection (the standby
+// URL may lead to several standbys, each at its own position). A page
+// that failed there, or covered nothing (the standby lacks even the next
+// seq: the caller reads only below the head it knows), is read from the
+// primary, so that a catch-up always makes progress.
 func (s *Store) ReadEntitled(ctx context.Context, q ReplayQuery, buf []Event) (Page, []Event, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	if standby, ok := s.reads.pick(); ok {
+		n := len(buf)
+		p, out, err := readEntitledOn(ctx, standby, q, buf)
+		switch {
+		case err == nil && p.ScannedTo > q.After:
+			s.reads.counted(true)
+			return p, out, nil
+		case err != nil && ctx.Err() != nil:
+			return p, out, err
+		case err != nil:
+			s.reads.failed(err)
+		}
+		buf = out[:n]
+	}
+	s.reads.counted(false)
+	return readEntitled(ctx, s.pool, q, buf)
+}
+
+// readEntitledOn reads one page on one connection of pool.
+func readEntitledOn(ctx context.Context, pool *pgxpool.Pool, q ReplayQuery, buf []Event) (Page, []Event, error) {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return Page{}, buf, err
+	}
+	defer conn.Release()
+	return readEntitled(ctx, conn, q, buf)
+}
+
+func readEntitled(ctx context.Context, pool Querier, q ReplayQuery, buf []Event) (Page, []Event, error) {
 	var p Page
-	rows, err := s.pool.Query(ctx, replaySQL, q.After, []string{q.User}, q.Roles, q.Span, q.Topics)
+	rows, err := pool.Query(ctx, replaySQL, q.After, []string{q.User}, q.Roles, q.Span, q.Topics)
 	if err != nil {
 		return p, buf, err
 	}
@@ -144,7 +185,7 @@ func (s *Store) ReadEntitled(ctx context.Context, q ReplayQuery, buf []Event) (P
 	}
 	if q.SkipEmpty && len(buf) == 0 && p.ScannedTo < p.Head {
 		var next *int64
-		if err := s.pool.QueryRow(ctx, nextEntitledSQL, p.ScannedTo, []string{q.User}, q.Roles).Scan(&next); err != nil {
+		if err := pool.QueryRow(ctx, nextEntitledSQL, p.ScannedTo, []string{q.User}, q.Roles).Scan(&next); err != nil {
 			return p, buf, err
 		}
 		to := p.Head

@@ -65,6 +65,9 @@ type TailerConfig struct {
 	// its connection (LISTEN_DATABASE_URL): a direct session when the
 	// tailer's pool goes through a transaction pooler.
 	ListenPool *pgxpool.Pool
+	// Reads, if set, sends the tailer's pages to a streaming standby while
+	// it keeps up (READ_DATABASE_URL); the history checks stay here.
+	Reads *Reads
 }
 
 func (c *TailerConfig) setDefaults() {
@@ -119,6 +122,8 @@ type Tailer struct {
 	// heard of (set after every LISTEN: notifications may have been missed
 	// meanwhile).
 	mustRead atomic.Bool
+	// standbyRetrying: a read of a lagging standby is scheduled.
+	standbyRetrying atomic.Bool
 	// handedOff and read count the events dispatched from Offer and from
 	// table reads.
 	handedOff, read atomic.Int64
@@ -161,6 +166,7 @@ func (t *Tailer) notified(payload string) {
 	var seq int64
 	if _, err := fmt.Sscan(payload, &seq); err == nil && seq > t.head.Load() {
 		t.head.Store(seq)
+		t.cfg.Reads.announce(seq)
 	}
 	t.poke()
 }
@@ -301,6 +307,7 @@ func (t *Tailer) takeOffered(ctx context.Context) error {
 	if last > t.head.Load() {
 		t.head.Store(last)
 	}
+	t.cfg.Reads.announce(last)
 	t.handedOff.Add(int64(len(evs)))
 	return nil
 }
@@ -396,15 +403,32 @@ func (t *Tailer) initCursor(ctx context.Context) error {
 func (t *Tailer) drain(ctx context.Context) error {
 	buf := make([]Event, 0, min(t.cfg.BatchSize, 256))
 	limit := t.cfg.BatchSize
+	reads := t.cfg.Reads
+	reads.announce(t.head.Load())
 	for {
 		var err error
 		var full bool
-		buf, full, err = ReadAfter(ctx, t.pool, t.cursor.Load(), limit, t.cfg.BatchBytes, buf[:0], t.cfg.QueryTimeout)
+		q, standby := Querier(t.pool), false
+		if p, ok := reads.pickForTailer(); ok {
+			q, standby = p, true
+		}
+		buf, full, err = ReadAfter(ctx, q, t.cursor.Load(), limit, t.cfg.BatchBytes, buf[:0], t.cfg.QueryTimeout)
+		if err != nil && standby && ctx.Err() == nil {
+			reads.failed(err) // and read this page from the primary
+			buf, full, err = ReadAfter(ctx, t.pool, t.cursor.Load(), limit, t.cfg.BatchBytes, buf[:0], t.cfg.QueryTimeout)
+			standby = false
+		}
 		if err != nil {
 			return err
 		}
+		reads.counted(standby)
 		t.lastRead.Store(time.Now().UnixNano())
 		if len(buf) == 0 {
+			if standby && t.cursor.Load() < t.head.Load() {
+				// The standby has not replayed what was announced yet: look
+				// again shortly (it is bypassed past READ_MAX_LAG).
+				t.retryStandby()
+			}
 			return nil
 		}
 		if err := t.d.Dispatch(ctx, buf); err != nil {
@@ -421,11 +445,31 @@ func (t *Tailer) drain(ctx context.Context) error {
 		case full:
 			limit = len(buf) + 1
 		case len(buf) < limit:
+			if standby && last < t.head.Load() {
+				t.retryStandby()
+			}
 			return nil
 		default:
 			limit = min(limit*2, t.cfg.BatchSize)
 		}
 	}
+}
+
+// standbyRetry is how soon the tailer reads a lagging standby again.
+const standbyRetry = 5 * time.Millisecond
+
+// retryStandby reads again shortly: the standby has not replayed what
+// was announced yet (past READ_MAX_LAG it is bypassed). One retry is
+// pending at a time.
+func (t *Tailer) retryStandby() {
+	if t.standbyRetrying.Swap(true) {
+		return
+	}
+	time.AfterFunc(standbyRetry, func() {
+		t.standbyRetrying.Store(false)
+		t.mustRead.Store(true)
+		t.poke()
+	})
 }
 
 // ReadAfter appends to buf up to limit events with seq > after, in seq

@@ -51,6 +51,11 @@ type DatabaseSettings struct {
 	// migrations (a session lock) and RELAY_WAKEUP=idle's session lock.
 	// Set, DATABASE_URL may point at PgBouncer in transaction mode.
 	ListenDatabaseURL string `env:"LISTEN_DATABASE_URL"`
+	// ReadDatabaseURL (optional) is a streaming standby of DATABASE_URL:
+	// the tailer's and clients' replay reads of events go there while it
+	// is at most ReadMaxLag behind, and to the primary otherwise.
+	ReadDatabaseURL string        `env:"READ_DATABASE_URL"`
+	ReadMaxLag      time.Duration `env:"READ_MAX_LAG" envDefault:"2s"`
 	// DatabaseWait is how long the sidecar waits at start for its database
 	// before giving up with a non-zero exit status (0: forever).
 	DatabaseWait time.Duration `env:"DATABASE_WAIT" envDefault:"60s"`
@@ -352,6 +357,12 @@ func (c *Config) validate() []string {
 	}
 	if u, err := url.Parse(c.ListenDatabaseURL); c.ListenDatabaseURL != "" && (err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql")) {
 		p = append(p, "LISTEN_DATABASE_URL: want postgres://user@host:port/db (a direct connection, not through a pooler)")
+	}
+	if u, err := url.Parse(c.ReadDatabaseURL); c.ReadDatabaseURL != "" && (err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql")) {
+		p = append(p, "READ_DATABASE_URL: want postgres://user@host:port/db (a streaming standby of DATABASE_URL)")
+	}
+	if c.ReadMaxLag < 100*time.Millisecond || c.ReadMaxLag > 10*time.Minute {
+		p = append(p, fmt.Sprintf("READ_MAX_LAG: %s; want 100ms to 10m", c.ReadMaxLag))
 	}
 	if c.ListenAddr == "" || !strings.Contains(c.ListenAddr, ":") {
 		p = append(p, fmt.Sprintf("LISTEN_ADDR: %q is not host:port", c.ListenAddr))

@@ -22,6 +22,7 @@ import (
 	"github.com/grupogad/outboxd/presence"
 	"github.com/grupogad/outboxd/relay"
 	outboxsql "github.com/grupogad/outboxd/sql"
+	"github.com/grupogad/outboxd/stream"
 	"github.com/grupogad/outboxd/ws"
 )
 
@@ -44,6 +45,11 @@ type Server struct {
 	logger *slog.Logger
 
 	pool, replayPool, sessions *pgxpool.Pool
+	// READ_DATABASE_URL: a standby's pools for replay and tailer pages.
+	standbyReplay, standbyTailer *pgxpool.Pool
+	reads                        *relay.Reads
+	readsDone                    chan struct{}
+	readsCancel                  context.CancelFunc
 
 	hub       *ws.Hub
 	relay     *relay.Relay
@@ -100,6 +106,19 @@ func New(ctx context.Context, cfg Config, o Options) (_ *Server, err error) {
 			return nil, err
 		}
 	}
+	if cfg.ReadDatabaseURL != "" {
+		// Pools connect lazily: a standby that is down at start is used
+		// once it answers.
+		if s.standbyReplay, err = newReadPool(cfg, "standby replay", cfg.ReplayDBConns); err != nil {
+			return nil, err
+		}
+		if s.standbyTailer, err = newReadPool(cfg, "standby tailer", 2); err != nil {
+			return nil, err
+		}
+		s.reads = relay.NewReads(s.standbyReplay, s.standbyTailer, relay.ReadsConfig{
+			MaxLag: cfg.ReadMaxLag, Head: func() int64 { return s.hub.Head() }, Logger: s.logger,
+		})
+	}
 	secret, _ := cfg.SigningKey()
 	proxies, err := ws.ParseTrustedProxies(cfg.TrustedProxies)
 	if err != nil { // validated with the configuration
@@ -121,7 +140,11 @@ func New(ctx context.Context, cfg Config, o Options) (_ *Server, err error) {
 		})
 		pres = s.presence
 	}
-	s.hub = ws.New(auth, relay.NewStore(s.replayPool), ws.Config{
+	var readsStatus func() stream.ReadsStatus
+	if s.reads != nil {
+		readsStatus = s.reads.Status
+	}
+	s.hub = ws.New(auth, relay.NewStore(s.replayPool).WithReads(s.reads), ws.Config{
 		Production: cfg.Production(), TestTokens: cfg.TestTokensEnabled(), TrustedProxies: proxies,
 		HideRoleNames: cfg.StatsHideRoles, MetricsTopicsMax: cfg.MetricsTopicsMax,
 		AllowedOrigins:    cfg.AllowedOrigins,
@@ -135,7 +158,7 @@ func New(ctx context.Context, cfg Config, o Options) (_ *Server, err error) {
 			ConnectRate: cfg.ConnectRate, ConnectBurst: cfg.ConnectBurst,
 			MessageRate: cfg.ClientMessageRate, MessageBurst: cfg.ClientMessageBurst,
 		},
-		Ready: s.ready, Degraded: s.degraded, Presence: pres,
+		Ready: s.ready, Degraded: s.degraded, Presence: pres, Reads: readsStatus,
 	})
 	s.buildHTTP(o.Metrics, proxies)
 	return s, nil
@@ -175,7 +198,7 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	rcfg := relay.RelayConfig{
 		StartAfter: s.hub.Head(), Epoch: s.hub.Epoch(), Handoff: s.cfg.RelayHandoff,
-		Tailer: relay.TailerConfig{BatchBytes: s.cfg.RelayBatchBytes, Logger: s.logger},
+		Tailer: relay.TailerConfig{BatchBytes: s.cfg.RelayBatchBytes, Logger: s.logger, Reads: s.reads},
 		Sequencer: relay.SequencerConfig{
 			BatchSize: s.cfg.RelayBatchSize, PollInterval: s.cfg.RelayPollInterval, MinPollInterval: s.cfg.RelayMinPollInterval,
 			Logger: s.logger, HandoffBytes: s.cfg.RelayBatchBytes, WakeWhenIdle: s.cfg.RelayWakeup == relay.WakeupIdle,
@@ -184,6 +207,12 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	if s.cfg.Pooled() {
 		rcfg.SessionPool = s.sessions
+	}
+	if s.reads != nil {
+		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		s.readsCancel, s.readsDone = cancel, make(chan struct{})
+		go func() { defer close(s.readsDone); s.reads.Run(rctx) }()
+		s.logger.Info("event reads from a standby", "max_lag", s.cfg.ReadMaxLag)
 	}
 	s.relay = relay.NewRelay(s.pool, s.hub, rcfg)
 	s.readiness = s.relay.Readiness(s.pool, s.hub.Head, s.hub.Epoch, s.cfg.RelayStallTimeout)
@@ -263,6 +292,10 @@ func (s *Server) Stop(ctx context.Context) error {
 	if s.admin != nil {
 		errs = append(errs, s.admin.Shutdown(ctx))
 	}
+	if s.readsCancel != nil {
+		s.readsCancel()
+		<-s.readsDone
+	}
 	s.closePools()
 	s.authCancel()
 	return errors.Join(errs...)
@@ -272,7 +305,7 @@ func (s *Server) closePools() {
 	if s.sessions != nil && s.sessions != s.pool {
 		s.sessions.Close()
 	}
-	for _, p := range []*pgxpool.Pool{s.pool, s.replayPool} {
+	for _, p := range []*pgxpool.Pool{s.pool, s.replayPool, s.standbyReplay, s.standbyTailer} {
 		if p != nil {
 			p.Close()
 		}
@@ -317,6 +350,23 @@ func newSessionPool(ctx context.Context, cfg Config, name string, maxConns int) 
 	pc.ConnConfig.RuntimeParams["application_name"] = "outboxd " + name
 	pc.MaxConns = int32(maxConns)
 	return pgxpool.NewWithConfig(ctx, pc)
+}
+
+// newReadPool opens a pool on READ_DATABASE_URL (a standby: only event
+// reads), without connecting yet.
+func newReadPool(cfg Config, name string, maxConns int) (*pgxpool.Pool, error) {
+	pc, err := pgxpool.ParseConfig(cfg.ReadDatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("READ_DATABASE_URL: %w", err)
+	}
+	if cfg.Pooled() {
+		pgconfig.ApplyPooled(pc, cfg.ReadDatabaseURL)
+	} else {
+		pgconfig.Apply(pc)
+	}
+	pc.ConnConfig.RuntimeParams["application_name"] = "outboxd " + name
+	pc.MaxConns = int32(max(maxConns, 1))
+	return pgxpool.NewWithConfig(context.Background(), pc)
 }
 
 // NewSessionPool is newSessionPool for the CLI's migrate subcommand.

@@ -140,3 +140,20 @@ const (
 	// TopicDisconnect is outbox.disconnect's control row.
 	TopicDisconnect = "outboxd.disconnect"
 )
+
+// ReadsStatus is where event reads go when a standby is configured
+// (READ_DATABASE_URL), as /ws/stats reports it under relay.reads.
+type ReadsStatus struct {
+	// Source is "standby" while reads go there, else "primary".
+	Source string `json:"source"`
+	// StandbyUp: the standby answered its last check.
+	StandbyUp bool `json:"standby_up"`
+	// LagSeconds is how long the standby has lacked an event this replica
+	// knows of; LagEvents how many seqs it is behind (both 0 while it is
+	// down, when they are not known).
+	LagSeconds float64 `json:"lag_seconds"`
+	LagEvents  int64   `json:"lag_events"`
+	// StandbyPages and PrimaryPages count the event pages read from each.
+	StandbyPages int64 `json:"standby_pages"`
+	PrimaryPages int64 `json:"primary_pages"`
+}

@@ -8,6 +8,8 @@ import (
 
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/grupogad/outboxd/stream"
 )
 
 // Defaults for Config.
@@ -95,7 +97,10 @@ type Config struct {
 	// Presence, if set, is told of every session admitted and ended, and
 	// of a refresh's change of roles (PRESENCE: presence.Recorder).
 	Presence Presence
-	Logger   *slog.Logger
+	// Reads, if set, says where event reads go (READ_DATABASE_URL): shown
+	// in /ws/stats as relay.reads.
+	Reads  func() stream.ReadsStatus
+	Logger *slog.Logger
 }
 
 // Presence is told of sessions as the hub admits and ends them, under the

@@ -214,6 +214,8 @@ type RelayStats struct {
 	// DispatchedSeq is the last seq this replica's hub delivered.
 	DispatchedSeq int64  `json:"dispatched_seq"`
 	Error         string `json:"error,omitempty"`
+	// Reads is where event reads go, with a standby (READ_DATABASE_URL).
+	Reads *stream.ReadsStatus `json:"reads,omitempty"`
 	// Subscriptions: sessions with a topic filter, and how many name each
 	// topic. (Here, in the object the contract leaves open, so that the
 	// seed's fields of "stats" stay exactly as they were.)
@@ -252,6 +254,10 @@ func (h *Hub) Stats(ctx context.Context) Stats {
 		s.Relay.Error = "database unavailable"
 	}
 	s.Relay.Status = st
+	if h.cfg.Reads != nil {
+		r := h.cfg.Reads()
+		s.Relay.Reads = &r
+	}
 	return s
 }
 

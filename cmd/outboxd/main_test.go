@@ -34,7 +34,8 @@ func TestConfigDefaults(t *testing.T) {
 	if c.DatabaseURL != "postgres://postgres@localhost:5432/postgres?sslmode=disable" || c.ListenAddr != ":8002" ||
 		c.Environment != "development" || !c.JWTRequireExp || c.HeartbeatInterval != 30*time.Second ||
 		c.OutboxRetention != 24*time.Hour || !c.AutoMigrate || c.LogFormat != "text" ||
-		len(c.AllowedOrigins) != 1 || c.AllowedOrigins[0] != "*" || c.WSSendBuffer != ws.SendBufferDefault {
+		len(c.AllowedOrigins) != 1 || c.AllowedOrigins[0] != "*" || c.WSSendBuffer != ws.SendBufferDefault ||
+		c.ReadDatabaseURL != "" || c.ReadMaxLag != 2*time.Second {
 		t.Fatalf("defaults %+v", c)
 	}
 	c, err = LoadConfig(map[string]string{"ENVIRONMENT": "production", "SECRET_KEY": "0123456789abcdef0123",
@@ -56,6 +57,7 @@ func TestConfigNamesEveryBadVariable(t *testing.T) {
 		"OUTBOX_RETENTION": "1s", "REPLAY_MAX": "x", "AUTO_MIGRATE": "si", "LOG_LEVEL": "loud",
 		"LOG_FORMAT": "xml", "SECRET_KEY": "short", "JWKS_URL": "ftp://keys", "ALLOWED_ORIGINS": "not-an-origin",
 		"MAX_CONNECTIONS": "-1", "CONNECT_RATE": "NaN", "CLIENT_MESSAGE_BURST": "many",
+		"READ_DATABASE_URL": "standby:5432", "READ_MAX_LAG": "10ms",
 	})
 	if err == nil {
 		t.Fatal("bad configuration accepted")
@@ -63,7 +65,7 @@ func TestConfigNamesEveryBadVariable(t *testing.T) {
 	for _, v := range []string{"DATABASE_URL", "LISTEN_ADDR", "ENVIRONMENT", "JWT_REQUIRE_EXP", "HEARTBEAT_INTERVAL",
 		"WS_SEND_BUFFER", "WS_MAX_MESSAGE_SIZE", "RELAY_BATCH_SIZE", "RELAY_POLL_INTERVAL", "RELAY_WAKEUP", "OUTBOX_RETENTION",
 		"REPLAY_MAX", "AUTO_MIGRATE", "LOG_LEVEL", "LOG_FORMAT", "SECRET_KEY", "JWKS_URL", "ALLOWED_ORIGINS",
-		"MAX_CONNECTIONS", "CONNECT_RATE", "CLIENT_MESSAGE_BURST"} {
+		"MAX_CONNECTIONS", "CONNECT_RATE", "CLIENT_MESSAGE_BURST", "READ_DATABASE_URL", "READ_MAX_LAG"} {
 		if !strings.Contains(err.Error(), v) {
 			t.Errorf("error does not name %s:\n%v", v, err)
 		}

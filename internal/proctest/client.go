@@ -33,12 +33,18 @@ type Follower struct {
 	done   chan struct{}
 }
 
-// Follow starts a Follower connected first to addrs[first].
+// Follow starts a Follower connected first to addrs[first], live from
+// the head.
 func Follow(t testing.TB, token string, addrs []string, first int) *Follower {
+	return FollowSince(t, token, addrs, first, -1)
+}
+
+// FollowSince is Follow from since (a catch-up; -1: live from the head).
+func FollowSince(t testing.TB, token string, addrs []string, first int, since int64) *Follower {
 	f := &Follower{t: t, token: token, addrs: addrs, closes: map[int]int{}, done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
-	go f.run(ctx, first)
+	go f.run(ctx, first, since)
 	t.Cleanup(f.Stop)
 	return f
 }
@@ -49,13 +55,13 @@ func (f *Follower) Stop() {
 	<-f.done
 }
 
-func (f *Follower) run(ctx context.Context, first int) {
+func (f *Follower) run(ctx context.Context, first int, since int64) {
 	defer close(f.done)
 	urls := make([]string, len(f.addrs))
 	for i := range f.addrs {
 		urls[i] = "ws://" + f.addrs[(first+i)%len(f.addrs)] + "/ws/connect"
 	}
-	r := &wsclient.Resumer{URLs: urls, Token: f.token, Since: -1, HandshakeTimeout: 2 * time.Second}
+	r := &wsclient.Resumer{URLs: urls, Token: f.token, Since: since, HandshakeTimeout: 2 * time.Second}
 	r.Backoff = func(_ int, err error) time.Duration {
 		f.mu.Lock()
 		defer f.mu.Unlock()

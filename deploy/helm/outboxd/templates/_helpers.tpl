@@ -34,6 +34,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   valueFrom: {secretKeyRef: {name: {{ include "outboxd.secretName" . }}, key: DATABASE_URL}}
 - name: LISTEN_DATABASE_URL
   valueFrom: {secretKeyRef: {name: {{ include "outboxd.secretName" . }}, key: LISTEN_DATABASE_URL, optional: true}}
+- name: READ_DATABASE_URL
+  valueFrom: {secretKeyRef: {name: {{ include "outboxd.secretName" . }}, key: READ_DATABASE_URL, optional: true}}
 - name: SECRET_KEY
   valueFrom: {secretKeyRef: {name: {{ include "outboxd.secretName" . }}, key: SECRET_KEY, optional: true}}
 - name: ADMIN_TOKEN
