@@ -240,10 +240,15 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
-	defer cancel()
+	// stop gives the shutdown its own 4 s from the moment it begins (the
+	// drain: the in-flight batch, clients closed with 1001, HTTP).
+	stop := func() error {
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		defer cancel()
+		return srv.Stop(sctx)
+	}
 	if err := srv.Start(ctx); err != nil {
-		_ = srv.Stop(sctx)
+		_ = stop()
 		return err
 	}
 	served := srv.Serve(ln, adminLn)
@@ -259,12 +264,16 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	case serveErr = <-served:
 	}
 	logger.Info("shutting down")
-	if err := srv.Stop(sctx); err != nil {
+	if err := stop(); err != nil {
 		logger.Warn("shutdown incomplete", "err", err)
 	}
 	logger.Info("stopped")
 	return serveErr
 }
+
+// shutdownTimeout bounds the drain at SIGTERM (the chart's grace period
+// and preStop are sized on it).
+const shutdownTimeout = 4 * time.Second
 
 func servePprof(addr string, logger *slog.Logger) {
 	mux := http.NewServeMux()

@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/grupogad/outboxd/internal/pgcluster"
@@ -63,6 +66,7 @@ func TestReadsFromAStandby(t *testing.T) {
 		"READ_MAX_LAG=500ms", "LOG_LEVEL=info"}
 	a := proctest.Start(t, binary, proctest.FreeAddr(t), env...)
 	b := proctest.Start(t, binary, proctest.FreeAddr(t), env...)
+	bStarted := time.Now()
 	waitSource(t, "standby", a, b)
 
 	pool, err := pgxpool.New(context.Background(), primary.URL(""))
@@ -144,5 +148,30 @@ func TestReadsFromAStandby(t *testing.T) {
 	all()
 	if after := readsOf(t, b).StandbyPages + readsOf(t, a).StandbyPages; after <= before {
 		t.Fatalf("no page read on the standby once it was back (%d, then %d): %+v %+v", before, after, readsOf(t, a), readsOf(t, b))
+	}
+
+	// A replica that has run for a while drains at SIGTERM: its clients
+	// are closed with 1001 and resume on the other, within the shutdown's
+	// own time (it once counted from the start of the process, so that a
+	// replica up for longer than the bound had none: the precondition is
+	// uptime itself, hence the wait).
+	time.Sleep(time.Until(bStarted.Add(shutdownTimeout + time.Second)))
+	if err := b.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Wait(); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	if log := b.Stderr.String(); strings.Contains(log, "shutdown incomplete") {
+		t.Fatalf("replica b did not drain:\n%s", log)
+	}
+	emit(50)
+	all()
+	moved := 0
+	for _, f := range followers {
+		moved += f.Stats().Closes[websocket.CloseGoingAway]
+	}
+	if moved == 0 {
+		t.Fatal("no client of replica b was closed with 1001")
 	}
 }
