@@ -29,6 +29,8 @@
 //	                   with its shipped defaults, 100 events committed meanwhile
 //	10 vs-centrifugo   five workloads against outboxd, then the same against Centrifugo v6.9.1's
 //	                   PostgreSQL outbox consumer, in each run (runs alternate A, B, A, B); ratios
+//	11 standby-reads   3 replicas, 500 events/s, clients resuming, on a primary and standby of its own:
+//	                   the primary's event reads without and with READ_DATABASE_URL (pg_stat_statements)
 //
 // outboxd's clients connect with batch=1 (-frames single for one event per
 // frame).

@@ -90,7 +90,7 @@ func TestSmokeRun(t *testing.T) {
 		custom: customSpec{clients: 3, producers: 2, rate: 500, batch: 5, duration: time.Second, padBytes: 10}}
 	// Scenario 2 by its number; custom as producers, then as a one-shot
 	// burst (a drain rate, not a commit rate).
-	for _, sc := range []string{"backlog", "2", "custom", "custom-burst"} {
+	for _, sc := range []string{"backlog", "2", "custom", "custom-burst", "standby-reads"} {
 		o.scenario = sc
 		if sc == "custom-burst" {
 			o.scenario, o.custom.burst = "custom", 300
@@ -104,7 +104,7 @@ func TestSmokeRun(t *testing.T) {
 	}
 	report := out.String()
 	for _, want := range []string{"backlog (1 runs)", "events_per_s", "steady-100 (1 runs)", "latency_p99", "lost", "custom (1 runs)",
-		"drain_events_per_s"} {
+		"drain_events_per_s", "standby-reads (1 runs)", "with_standby.primary_event_reads_per_s"} {
 		if !strings.Contains(report, want) {
 			t.Fatalf("report lacks %q:\n%s", want, report)
 		}
@@ -159,7 +159,7 @@ func TestResolveScenarios(t *testing.T) {
 	if len(all) != len(numbered)-1 || slices.Contains(all, "vs-centrifugo") || all[0] != "backlog" {
 		t.Errorf("all = %v", all)
 	}
-	for _, bad := range []string{"0", "11", "nope", ""} {
+	for _, bad := range []string{"0", "12", "nope", ""} {
 		if _, err := resolveScenarios(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}

@@ -26,6 +26,7 @@ var scenarios = map[string]scenarioFunc{
 	"tcp-floor":       tcpFloor,
 	"reconnect-storm": reconnectStorm,
 	"vs-centrifugo":   versusCentrifugo,
+	"standby-reads":   standbyReads,
 	"custom":          custom,
 }
 
@@ -50,7 +51,7 @@ func custom(ctx context.Context, e *benchEnv) (result, error) {
 // numbered lists the scenarios in BENCHMARKS.md's order: scenario k is
 // numbered[k-1].
 var numbered = []string{"backlog", "steady-100", "steady-1000", "max", "idle-conns", "producer-impact", "idle-cpu",
-	"tcp-floor", "reconnect-storm", "vs-centrifugo"}
+	"tcp-floor", "reconnect-storm", "vs-centrifugo", "standby-reads"}
 
 // scenarioNames is what "all" runs: every numbered scenario but
 // vs-centrifugo, which needs the peer's binary.

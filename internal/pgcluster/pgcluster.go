@@ -20,7 +20,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -35,11 +34,19 @@ func BinDir() string {
 	return "/usr/lib/postgresql/15/bin"
 }
 
+// T is what a cluster needs of its user: a *testing.T, or outboxbench's
+// stand-in.
+type T interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
 // Cluster is one running cluster.
 type Cluster struct {
 	Dir  string
 	Port int
-	t    testing.TB
+	t    T
 }
 
 // settings make a throwaway cluster fast (no fsync: it is removed after
@@ -56,12 +63,13 @@ max_connections = 200
 log_min_messages = warning
 `
 
-// StartPrimary creates and starts a new cluster.
-func StartPrimary(t testing.TB) *Cluster {
+// StartPrimary creates and starts a new cluster; extraConf is appended
+// to its postgresql.conf (and so its standbys').
+func StartPrimary(t T, extraConf ...string) *Cluster {
 	t.Helper()
 	c := newCluster(t, "primary")
 	c.run("initdb", "-D", c.data(), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C")
-	c.configure()
+	c.configure(extraConf...)
 	c.Start()
 	return c
 }
@@ -78,7 +86,7 @@ func (c *Cluster) StartStandby() *Cluster {
 	return s
 }
 
-func newCluster(t testing.TB, name string) *Cluster {
+func newCluster(t T, name string) *Cluster {
 	t.Helper()
 	for _, bin := range []string{"initdb", "pg_ctl", "pg_basebackup", "postgres"} {
 		if _, err := os.Stat(filepath.Join(BinDir(), bin)); err != nil {
@@ -87,7 +95,7 @@ func newCluster(t testing.TB, name string) *Cluster {
 	}
 	dir, err := os.MkdirTemp("", "outboxd-pg-"+name+"-")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("pgcluster: %v", err)
 	}
 	c := &Cluster{Dir: dir, Port: freePort(t), t: t}
 	if os.Geteuid() == 0 {
@@ -98,11 +106,11 @@ func newCluster(t testing.TB, name string) *Cluster {
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
 		if err := os.Chown(dir, uid, gid); err != nil {
-			t.Fatal(err)
+			t.Fatalf("pgcluster: %v", err)
 		}
 	}
 	if err := os.Chmod(dir, 0o700); err != nil {
-		t.Fatal(err)
+		t.Fatalf("pgcluster: %v", err)
 	}
 	t.Cleanup(func() {
 		c.stop("immediate")
@@ -115,15 +123,15 @@ func (c *Cluster) data() string { return filepath.Join(c.Dir, "data") }
 
 // configure appends the settings, this cluster's port and socket folder
 // (later lines win over what pg_basebackup copied from the primary).
-func (c *Cluster) configure() {
-	conf := settings + fmt.Sprintf("port = %d\nunix_socket_directories = '%s'\n", c.Port, c.Dir)
+func (c *Cluster) configure(extra ...string) {
+	conf := settings + strings.Join(extra, "\n") + fmt.Sprintf("\nport = %d\nunix_socket_directories = '%s'\n", c.Port, c.Dir)
 	f, err := os.OpenFile(filepath.Join(c.data(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
-		c.t.Fatal(err)
+		c.t.Fatalf("pgcluster: %v", err)
 	}
 	defer f.Close()
 	if _, err := f.WriteString(conf); err != nil {
-		c.t.Fatal(err)
+		c.t.Fatalf("pgcluster: %v", err)
 	}
 }
 
@@ -200,11 +208,11 @@ func (c *Cluster) output(bin string, args ...string) (string, error) {
 	return out.String(), err
 }
 
-func freePort(t testing.TB) int {
+func freePort(t T) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("pgcluster: %v", err)
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
