@@ -15,6 +15,7 @@ import (
 
 	"github.com/grupogad/outboxd/internal/dbtest"
 	"github.com/grupogad/outboxd/internal/proctest"
+	"github.com/grupogad/outboxd/stream"
 	"github.com/grupogad/outboxd/ws"
 )
 
@@ -208,20 +209,32 @@ func TestReconnectStormThroughOneAddress(t *testing.T) {
 
 func connected(t *testing.T, p *proctest.Process) int {
 	t.Helper()
+	return wsStats(t, p).TotalConnections
+}
+
+// statsBody is the part of /ws/stats's "stats" the tests read.
+type statsBody struct {
+	TotalConnections int `json:"total_connections"`
+	Relay            struct {
+		Reads *stream.ReadsStatus `json:"reads"`
+	} `json:"relay"`
+}
+
+// wsStats reads /ws/stats of p.
+func wsStats(t *testing.T, p *proctest.Process) statsBody {
+	t.Helper()
 	resp, err := http.Get("http://" + p.Addr + "/ws/stats")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	var body struct {
-		Stats struct {
-			TotalConnections int `json:"total_connections"`
-		} `json:"stats"`
+		Stats statsBody `json:"stats"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
 		t.Fatal(err)
 	}
-	return body.Stats.TotalConnections
+	return body.Stats
 }
 
 // 2,000 clients resume at once while producers run: the relay keeps its own

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"strings"
 	"syscall"
 	"testing"
@@ -22,25 +20,11 @@ import (
 // readsOf is /ws/stats relay.reads of p.
 func readsOf(t *testing.T, p *proctest.Process) stream.ReadsStatus {
 	t.Helper()
-	resp, err := http.Get("http://" + p.Addr + "/ws/stats")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var body struct {
-		Stats struct {
-			Relay struct {
-				Reads *stream.ReadsStatus `json:"reads"`
-			} `json:"relay"`
-		} `json:"stats"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		t.Fatal(err)
-	}
-	if body.Stats.Relay.Reads == nil {
+	reads := wsStats(t, p).Relay.Reads
+	if reads == nil {
 		t.Fatal("/ws/stats has no relay.reads with READ_DATABASE_URL set")
 	}
-	return *body.Stats.Relay.Reads
+	return *reads
 }
 
 func waitSource(t *testing.T, source string, ps ...*proctest.Process) {
