@@ -14,7 +14,7 @@ db-up: ## Make sure the local PostgreSQL is running (starts it if down)
 	@scripts/ensure-postgres.sh
 
 .PHONY: test-deps
-test-deps: db-up ## Everything the tests need (apt-installs what is missing): PostgreSQL up, chromium, pgbouncer, node and npm, the Python packages, Jaeger, promtool, helm, deploycheck
+test-deps: db-up ## Everything the tests need (apt-installs what is missing): PostgreSQL up, chromium, pgbouncer, node and npm, the Python packages, Jaeger, promtool, helm, deploycheck, Centrifugo (the benchmark's peer)
 	@scripts/ensure-chromium.sh
 	@scripts/ensure-pgbouncer.sh
 	@scripts/ensure-node.sh
@@ -24,6 +24,7 @@ test-deps: db-up ## Everything the tests need (apt-installs what is missing): Po
 	@scripts/ensure-promtool.sh
 	@scripts/ensure-helm.sh
 	@scripts/ensure-deploycheck.sh
+	@scripts/ensure-centrifugo.sh
 
 .PHONY: run
 run: db-up ## Run the sidecar with the default (development) config on :8002

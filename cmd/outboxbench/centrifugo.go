@@ -59,15 +59,42 @@ CREATE TRIGGER ` + centrifugoNotify + ` AFTER INSERT ON ` + centrifugoTable + `
   FOR EACH ROW EXECUTE FUNCTION ` + centrifugoNotify + `();`
 
 func (e *benchEnv) startCentrifugo(ctx context.Context, pool *pgxpool.Pool) (*centrifugo, error) {
+	if _, err := pool.Exec(ctx, centrifugoSchema); err != nil {
+		return nil, fmt.Errorf("centrifugo outbox: %w", err)
+	}
+	cfg := centrifugoBase()
+	cfg["consumers"] = []map[string]any{{
+		"name": "outbox", "enabled": true, "type": "postgresql",
+		"postgresql": map[string]any{
+			"dsn": e.dbURL(), "outbox_table_name": centrifugoTable, "num_partitions": 1,
+			"partition_select_limit": 100, "partition_poll_interval": "300ms",
+			"partition_notification_channel": centrifugoNotify,
+		},
+	}}
+	return e.runCentrifugo(ctx, cfg)
+}
+
+// centrifugoBase is the configuration both peers share: errors-only log,
+// the benchmark's HMAC key, any origin.
+func centrifugoBase() map[string]any {
+	return map[string]any{
+		"log": map[string]any{"level": "error"},
+		"client": map[string]any{
+			"token":           map[string]any{"hmac_secret_key": benchSecret},
+			"allowed_origins": []string{"*"},
+		},
+	}
+}
+
+// runCentrifugo runs the Centrifugo binary with cfg on a free 127.0.0.1
+// port, and waits until it accepts connections.
+func (e *benchEnv) runCentrifugo(ctx context.Context, cfg map[string]any) (*centrifugo, error) {
 	bin, err := filepath.Abs(e.o.centrifugo)
 	if err != nil {
 		return nil, err
 	}
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("centrifugo binary %s: %w (scripts/ensure-centrifugo.sh builds it)", bin, err)
-	}
-	if _, err := pool.Exec(ctx, centrifugoSchema); err != nil {
-		return nil, fmt.Errorf("centrifugo outbox: %w", err)
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -76,22 +103,7 @@ func (e *benchEnv) startCentrifugo(ctx context.Context, pool *pgxpool.Pool) (*ce
 	addr := l.Addr().String()
 	l.Close()
 	_, port, _ := net.SplitHostPort(addr)
-	cfg := map[string]any{
-		"log":         map[string]any{"level": "error"},
-		"http_server": map[string]any{"address": "127.0.0.1", "port": mustAtoi(port)},
-		"client": map[string]any{
-			"token":           map[string]any{"hmac_secret_key": benchSecret},
-			"allowed_origins": []string{"*"},
-		},
-		"consumers": []map[string]any{{
-			"name": "outbox", "enabled": true, "type": "postgresql",
-			"postgresql": map[string]any{
-				"dsn": e.dbURL(), "outbox_table_name": centrifugoTable, "num_partitions": 1,
-				"partition_select_limit": 100, "partition_poll_interval": "300ms",
-				"partition_notification_channel": centrifugoNotify,
-			},
-		}},
-	}
+	cfg["http_server"] = map[string]any{"address": "127.0.0.1", "port": mustAtoi(port)}
 	dir, err := os.MkdirTemp("", "centrifugo")
 	if err != nil {
 		return nil, err
@@ -118,6 +130,9 @@ func (e *benchEnv) startCentrifugo(ctx context.Context, pool *pgxpool.Pool) (*ce
 		select {
 		case <-c.done:
 			return nil, fmt.Errorf("centrifugo exited at start")
+		case <-ctx.Done():
+			c.stop()
+			return nil, ctx.Err()
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -137,6 +152,11 @@ func (c *centrifugo) stop() { interruptAndWait(c.cmd, c.done) }
 // dial connects a client with a token that subscribes it to the channel
 // (server-side subscription), and waits for the connect reply.
 func (c *centrifugo) dial(ctx context.Context, i int) (*client, error) {
+	return c.dialWith(ctx, i, nil)
+}
+
+// dialWith is dial with the field that numbers events (nil: "seq").
+func (c *centrifugo) dialWith(ctx context.Context, i int, seqField []byte) (*client, error) {
 	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
 		"sub": fmt.Sprintf("bench-%d", i), "exp": time.Now().Add(6 * time.Hour).Unix(),
 		"channels": []string{centrifugoChannel},
@@ -160,7 +180,7 @@ func (c *centrifugo) dial(ctx context.Context, i int) (*client, error) {
 		return nil, fmt.Errorf("centrifugo connect reply: %v %q", err, b)
 	}
 	_ = conn.SetReadDeadline(time.Time{})
-	cl := &client{conn: conn, lat: newHist(), done: make(chan struct{}), first: -1, pong: true}
+	cl := &client{conn: conn, lat: newHist(), done: make(chan struct{}), first: -1, pong: true, seqKey: seqField}
 	go cl.read()
 	return cl, nil
 }

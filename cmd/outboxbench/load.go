@@ -57,6 +57,9 @@ type client struct {
 	// pong: the peer's protocol — several messages per frame, separated by
 	// newlines, and an empty-object ping the client answers.
 	pong bool
+	// seqKey, if set, names the field that numbers events (the stream
+	// broker's publication offset); else "seq".
+	seqKey []byte
 	// split: outboxd's batch=1 — several envelopes per frame, one per line.
 	split bool
 }
@@ -159,7 +162,11 @@ func (c *client) read() {
 
 // frame records one message received at now.
 func (c *client) frame(b []byte, now time.Time) {
-	seq, ok := parseInt(b, seqKey)
+	key := seqKey
+	if c.seqKey != nil {
+		key = c.seqKey
+	}
+	seq, ok := parseInt(b, key)
 	if !ok {
 		if bytes.Contains(b, []byte(`"notification"`)) {
 			arrivals.Add(1)

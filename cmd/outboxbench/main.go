@@ -31,6 +31,9 @@
 //	                   PostgreSQL outbox consumer, in each run (runs alternate A, B, A, B); ratios
 //	11 standby-reads   3 replicas, 500 events/s, clients resuming, on a primary and standby of its own:
 //	                   the primary's event reads without and with READ_DATABASE_URL (pg_stat_statements)
+//	12 hot-channel     16 producers on one channel, each updating its own row then publishing, with and
+//	                   without 2 ms of work after the publish, servers running and stopped: outboxd
+//	                   against Centrifugo v6.9.1's PostgreSQL stream broker (cf_stream_publish)
 //
 // outboxd's clients connect with batch=1 (-frames single for one event per
 // frame).

@@ -156,10 +156,10 @@ func TestResolveScenarios(t *testing.T) {
 		}
 	}
 	all, _ := resolveScenarios("all")
-	if len(all) != len(numbered)-1 || slices.Contains(all, "vs-centrifugo") || all[0] != "backlog" {
+	if len(all) != len(numbered)-2 || slices.Contains(all, "vs-centrifugo") || slices.Contains(all, "hot-channel") || all[0] != "backlog" {
 		t.Errorf("all = %v", all)
 	}
-	for _, bad := range []string{"0", "12", "nope", ""} {
+	for _, bad := range []string{"0", "13", "nope", ""} {
 		if _, err := resolveScenarios(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}

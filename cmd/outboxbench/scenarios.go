@@ -27,6 +27,7 @@ var scenarios = map[string]scenarioFunc{
 	"reconnect-storm": reconnectStorm,
 	"vs-centrifugo":   versusCentrifugo,
 	"standby-reads":   standbyReads,
+	"hot-channel":     hotChannel,
 	"custom":          custom,
 }
 
@@ -51,12 +52,12 @@ func custom(ctx context.Context, e *benchEnv) (result, error) {
 // numbered lists the scenarios in BENCHMARKS.md's order: scenario k is
 // numbered[k-1].
 var numbered = []string{"backlog", "steady-100", "steady-1000", "max", "idle-conns", "producer-impact", "idle-cpu",
-	"tcp-floor", "reconnect-storm", "vs-centrifugo", "standby-reads"}
+	"tcp-floor", "reconnect-storm", "vs-centrifugo", "standby-reads", "hot-channel"}
 
-// scenarioNames is what "all" runs: every numbered scenario but
-// vs-centrifugo, which needs the peer's binary.
+// scenarioNames is what "all" runs: every numbered scenario but those
+// against Centrifugo, which need the peer's binary.
 func scenarioNames() []string {
-	return slices.DeleteFunc(slices.Clone(numbered), func(n string) bool { return n == "vs-centrifugo" })
+	return slices.DeleteFunc(slices.Clone(numbered), func(n string) bool { return n == "vs-centrifugo" || n == "hot-channel" })
 }
 
 // scenarioList is the numbered scenarios for the usage text: "1 backlog, …".
