@@ -180,6 +180,12 @@ func (c *client) frame(b []byte, now time.Time) {
 	if t, ok := parseInt(b, tKey); ok {
 		c.lat.record(now.Sub(time.Unix(0, t)))
 	}
+	c.record(seq, now)
+}
+
+// record counts event seq received at now: new, duplicate, gap or out of
+// order.
+func (c *client) record(seq int64, now time.Time) {
 	arrivals.Add(1)
 	c.mu.Lock()
 	defer c.mu.Unlock()

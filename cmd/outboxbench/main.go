@@ -27,13 +27,18 @@
 //	8 tcp-floor        scenario 5's broadcast with bare TCP, no outboxd    (reference: this machine's floor)
 //	9 reconnect-storm  5,000 clients from one address; outboxd restarts   all resumed ≤ 10 s, none lost
 //	                   with its shipped defaults, 100 events committed meanwhile
-//	10 vs-centrifugo   five workloads against outboxd, then the same against Centrifugo v6.9.1's
-//	                   PostgreSQL outbox consumer, in each run (runs alternate A, B, A, B); ratios
+//	10 vs-centrifugo   six workloads against outboxd, then the same against Centrifugo v6.9.1's
+//	                   PostgreSQL outbox consumer and its PostgreSQL stream broker (-peers), in each
+//	                   run (runs alternate A, B, A, B); ratios
 //	11 standby-reads   3 replicas, 500 events/s, clients resuming, on a primary and standby of its own:
 //	                   the primary's event reads without and with READ_DATABASE_URL (pg_stat_statements)
 //	12 hot-channel     16 producers on one channel, each updating its own row then publishing, with and
 //	                   without 2 ms of work after the publish, servers running and stopped: outboxd
 //	                   against Centrifugo v6.9.1's PostgreSQL stream broker (cf_stream_publish)
+//	13 two-nodes       two nodes of each (outboxd, the stream broker) on one PostgreSQL of its own,
+//	                   500 events/s: delivery on both, and the statements the servers cost it
+//	14 resume          1,000 clients away while 50,000 events commit, then back at once: outboxd
+//	                   (since=) against the stream broker (recovery from its history)
 //
 // outboxd's clients connect with batch=1 (-frames single for one event per
 // frame).
@@ -72,6 +77,9 @@ type options struct {
 	centrifugo string
 	// workloads selects vs-centrifugo's workloads (w1,w3; "" = all).
 	workloads string
+	// peers selects vs-centrifugo's peers: centrifugo (the outbox
+	// consumer), stream (the stream broker).
+	peers string
 	// pgDelay puts outboxd's database connections behind a proxy that holds
 	// every chunk this long each way (delayProxy).
 	pgDelay time.Duration
@@ -98,6 +106,7 @@ func main() {
 	flag.StringVar(&o.extraEnv, "env", "", "extra environment for outboxd, comma separated (RELAY_BATCH_SIZE=1000,…)")
 	flag.StringVar(&o.centrifugo, "centrifugo", ".tools/bin/centrifugo", "Centrifugo v6.9.1 binary for -scenario vs-centrifugo (scripts/ensure-centrifugo.sh builds it)")
 	flag.StringVar(&o.workloads, "workloads", "", "vs-centrifugo: only these workloads, comma separated (w1,w3); default all")
+	flag.StringVar(&o.peers, "peers", "centrifugo,stream", "vs-centrifugo: the peers, comma separated: centrifugo (Centrifugo's PostgreSQL outbox consumer), stream (its PostgreSQL stream broker)")
 	flag.DurationVar(&o.pgDelay, "pg-delay", 0, "hold outboxd's PostgreSQL traffic this long each way (a database one round trip of twice this away; at most 50ms; the producers connect directly)")
 	flag.StringVar(&o.pprofAddr, "pprof", "", "pass PPROF_ADDR to outboxd (e.g. 127.0.0.1:6060) to profile it during a run")
 	flag.IntVar(&o.custom.clients, "clients", 10, "custom: WebSocket clients")

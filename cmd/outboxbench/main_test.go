@@ -156,10 +156,10 @@ func TestResolveScenarios(t *testing.T) {
 		}
 	}
 	all, _ := resolveScenarios("all")
-	if len(all) != len(numbered)-2 || slices.Contains(all, "vs-centrifugo") || slices.Contains(all, "hot-channel") || all[0] != "backlog" {
+	if len(all) != len(numbered)-len(againstCentrifugo) || slices.Contains(all, "vs-centrifugo") || slices.Contains(all, "resume") || all[0] != "backlog" {
 		t.Errorf("all = %v", all)
 	}
-	for _, bad := range []string{"0", "13", "nope", ""} {
+	for _, bad := range []string{"0", "15", "nope", ""} {
 		if _, err := resolveScenarios(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
@@ -185,6 +185,21 @@ func TestPickWorkloads(t *testing.T) {
 	}
 	for _, bad := range []string{"w0", "w5", "x", "w1,,w2"} {
 		if _, err := pickWorkloads(bad, 4); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestPickPeers(t *testing.T) {
+	for arg, want := range map[string][]string{
+		"centrifugo,stream": {"centrifugo", "stream"}, "stream": {"stream"}, " centrifugo , centrifugo": {"centrifugo"},
+	} {
+		if got, err := pickPeers(arg); err != nil || !slices.Equal(got, want) {
+			t.Errorf("%q: %v %v, want %v", arg, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "redis", "stream,"} {
+		if _, err := pickPeers(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
 	}

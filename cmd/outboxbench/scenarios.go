@@ -28,6 +28,8 @@ var scenarios = map[string]scenarioFunc{
 	"vs-centrifugo":   versusCentrifugo,
 	"standby-reads":   standbyReads,
 	"hot-channel":     hotChannel,
+	"two-nodes":       twoNodes,
+	"resume":          resumeVs,
 	"custom":          custom,
 }
 
@@ -52,12 +54,15 @@ func custom(ctx context.Context, e *benchEnv) (result, error) {
 // numbered lists the scenarios in BENCHMARKS.md's order: scenario k is
 // numbered[k-1].
 var numbered = []string{"backlog", "steady-100", "steady-1000", "max", "idle-conns", "producer-impact", "idle-cpu",
-	"tcp-floor", "reconnect-storm", "vs-centrifugo", "standby-reads", "hot-channel"}
+	"tcp-floor", "reconnect-storm", "vs-centrifugo", "standby-reads", "hot-channel", "two-nodes", "resume"}
+
+// againstCentrifugo are the scenarios that need the peer's binary.
+var againstCentrifugo = []string{"vs-centrifugo", "hot-channel", "two-nodes", "resume"}
 
 // scenarioNames is what "all" runs: every numbered scenario but those
-// against Centrifugo, which need the peer's binary.
+// against Centrifugo.
 func scenarioNames() []string {
-	return slices.DeleteFunc(slices.Clone(numbered), func(n string) bool { return n == "vs-centrifugo" || n == "hot-channel" })
+	return slices.DeleteFunc(slices.Clone(numbered), func(n string) bool { return slices.Contains(againstCentrifugo, n) })
 }
 
 // scenarioList is the numbered scenarios for the usage text: "1 backlog, …".

@@ -23,18 +23,11 @@ import (
 // alternates from run to run) — and, for each, the event reads counted
 // by pg_stat_statements on the primary and on the standby: the tailers'
 // pages and the replay pages, calls, rows and execution time.
-func standbyReads(ctx context.Context, e *benchEnv) (res result, err error) {
-	bt := &benchT{}
-	defer bt.close()
-	defer func() {
-		switch p := recover().(type) {
-		case nil:
-		case benchFatal:
-			err = p.err
-		default:
-			panic(p)
-		}
-	}()
+func standbyReads(ctx context.Context, e *benchEnv) (result, error) {
+	return withBenchT(func(bt *benchT) (result, error) { return e.standbyReads(ctx, bt) })
+}
+
+func (e *benchEnv) standbyReads(ctx context.Context, bt *benchT) (res result, err error) {
 	primary := pgcluster.StartPrimary(bt, "shared_preload_libraries = 'pg_stat_statements'",
 		"pg_stat_statements.max = 1000")
 	standby := primary.StartStandby()
@@ -243,6 +236,23 @@ func waitReadsSource(ctx context.Context, addr, source string, limit time.Durati
 		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("%s: event reads not from the %s within %s", addr, source, limit)
+}
+
+// withBenchT runs f with a benchT, turning its Fatalf into f's error, and
+// runs its cleanups after f.
+func withBenchT(f func(bt *benchT) (result, error)) (res result, err error) {
+	bt := &benchT{}
+	defer bt.close()
+	defer func() {
+		switch p := recover().(type) {
+		case nil:
+		case benchFatal:
+			err = p.err
+		default:
+			panic(p)
+		}
+	}()
+	return f(bt)
 }
 
 // benchT is what pgcluster needs of a test, for a benchmark: Fatalf

@@ -3,27 +3,33 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// vs-centrifugo: the side-by-side against Centrifugo. In every run each workload
-// goes first to outboxd, then to Centrifugo (runs thus alternate A, B, A,
-// B), on a fresh database each, with the same producers (8, single-row
-// transactions), the same clients and the same latency definition (the
-// producer's insert time → receipt). Metrics are <system>_<workload>_<what>,
-// and ratio_<workload>_<what> = outboxd / Centrifugo (below 1: outboxd
-// faster or lighter; for drain rates above 1 is better).
+// vs-centrifugo: the side-by-side against Centrifugo's two PostgreSQL
+// modes — its outbox consumer ("centrifugo") and its stream broker
+// ("stream"; -peers picks them). In every run each workload goes first to
+// outboxd, then to each peer (runs thus alternate A, B, A, B), on a fresh
+// database each, with the same producers (8, single-row transactions),
+// the same clients and the same latency definition (the producer's insert
+// time → receipt). Metrics are <system>_<workload>_<what>;
+// ratio_<workload>_<what> = outboxd / the outbox consumer and
+// ratio_stream_<workload>_<what> = outboxd / the stream broker (below 1:
+// outboxd faster or lighter; for drain rates above 1 is better).
 func versusCentrifugo(ctx context.Context, e *benchEnv) (result, error) {
 	var r result
 	workloads := []struct {
 		name            string
 		clients, rate   int
 		burst           int
+		idle            bool
 		p50, p99, drain bool
 	}{
 		{name: "w1_100c_1000eps", clients: 100, rate: 1000},
@@ -35,6 +41,8 @@ func versusCentrifugo(ctx context.Context, e *benchEnv) (result, error) {
 		// runs w3 first). On a host where neither reaches 2,500/s, w3
 		// compares unequal loads; this is its equal-load counterpart.
 		{name: "w5_100c_equal", clients: 100},
+		// Memory per idle connection, then one event to all of them.
+		{name: "w6_idle_10k", clients: 10000, idle: true},
 	}
 	const w3, w5 = 2, 4
 	want, err := pickWorkloads(e.o.workloads, len(workloads))
@@ -42,6 +50,10 @@ func versusCentrifugo(ctx context.Context, e *benchEnv) (result, error) {
 		return r, err
 	}
 	want[w3] = want[w3] || want[w5]
+	peers, err := pickPeers(e.o.peers)
+	if err != nil {
+		return r, err
+	}
 	var sustained float64 // w3: the lower committed rate
 	for i, w := range workloads {
 		if !want[i] {
@@ -51,12 +63,12 @@ func versusCentrifugo(ctx context.Context, e *benchEnv) (result, error) {
 			w.rate = max(1, int(0.9*sustained))
 		}
 		got := map[string]result{}
-		for _, sys := range []string{"outboxd", "centrifugo"} {
+		for _, sys := range append([]string{"outboxd"}, peers...) {
 			burst := 0
 			if w.burst > 0 {
 				burst = e.n(w.burst)
 			}
-			res, err := e.versusRun(ctx, sys, e.n(w.clients), w.rate, burst)
+			res, err := e.versusRun(ctx, sys, e.n(w.clients), w.rate, burst, w.idle)
 			if err != nil {
 				return r, fmt.Errorf("%s on %s: %w", w.name, sys, err)
 			}
@@ -66,18 +78,45 @@ func versusCentrifugo(ctx context.Context, e *benchEnv) (result, error) {
 			}
 		}
 		if i == w3 {
-			sustained = min(metricValue(got["outboxd"], "events_per_s"), metricValue(got["centrifugo"], "events_per_s"))
+			sustained = metricValue(got["outboxd"], "events_per_s")
+			for _, p := range peers {
+				sustained = min(sustained, metricValue(got[p], "events_per_s"))
+			}
 		}
 		// events_per_s: the load each peer's producers committed — at a rate
 		// the host cannot sustain for both, the loads were not equal.
-		for _, k := range []string{"events_per_s", "latency_p50", "latency_p99", "server_cpu", "drain_events_per_s"} {
-			a, b := metricValue(got["outboxd"], k), metricValue(got["centrifugo"], k)
-			if a > 0 && b > 0 {
-				r.add("ratio_"+w.name+"_"+k, a/b, "outboxd / Centrifugo")
+		for _, p := range peers {
+			prefix, unit := "ratio_", "outboxd / Centrifugo's outbox consumer"
+			if p == "stream" {
+				prefix, unit = "ratio_stream_", "outboxd / Centrifugo's stream broker"
+			}
+			for _, k := range []string{"events_per_s", "latency_p50", "latency_p99", "server_cpu", "drain_events_per_s",
+				"rss_per_connection", "event_last_receipt"} {
+				a, b := metricValue(got["outboxd"], k), metricValue(got[p], k)
+				if a > 0 && b > 0 {
+					r.add(prefix+w.name+"_"+k, a/b, unit)
+				}
 			}
 		}
 	}
 	return r, nil
+}
+
+// pickPeers reads -peers ("centrifugo,stream"): Centrifugo's outbox
+// consumer, its stream broker, or both.
+func pickPeers(list string) ([]string, error) {
+	var out []string
+	for _, f := range strings.Split(list, ",") {
+		switch f = strings.TrimSpace(f); f {
+		case "centrifugo", "stream":
+			if !slices.Contains(out, f) {
+				out = append(out, f)
+			}
+		default:
+			return nil, fmt.Errorf("-peers: %q is not centrifugo (the outbox consumer) or stream (the stream broker)", f)
+		}
+	}
+	return out, nil
 }
 
 // pickWorkloads reads -workloads ("w1,w3"): which of n workloads to run.
@@ -100,7 +139,7 @@ func pickWorkloads(list string, n int) ([]bool, error) {
 }
 
 // versusRun runs one workload against one system on a fresh database.
-func (e *benchEnv) versusRun(ctx context.Context, sys string, clients, rate, burst int) (result, error) {
+func (e *benchEnv) versusRun(ctx context.Context, sys string, clients, rate, burst int, idle bool) (result, error) {
 	pool, err := e.freshDB(ctx)
 	if err != nil {
 		return result{}, err
@@ -115,6 +154,13 @@ func (e *benchEnv) versusRun(ctx context.Context, sys string, clients, rate, bur
 		}
 		defer sc.stop()
 		sv = sc
+	case "stream":
+		c, err := e.startCentrifugoStream(ctx, pool)
+		if err != nil {
+			return result{}, err
+		}
+		defer c.stop()
+		sv = c
 	default:
 		c, err := e.startCentrifugo(ctx, pool)
 		if err != nil {
@@ -125,6 +171,9 @@ func (e *benchEnv) versusRun(ctx context.Context, sys string, clients, rate, bur
 	}
 	if burst > 0 {
 		return burstOn(ctx, pool, sv, clients, burst)
+	}
+	if idle {
+		return idleOn(ctx, pool, sv, clients)
 	}
 	return loadOn(ctx, pool, sv, clients, loadSpec{producers: 8, rate: float64(rate), batch: 1,
 		duration: e.d(30 * time.Second), padBytes: 64})
@@ -172,5 +221,47 @@ func burstOn(ctx context.Context, pool *pgxpool.Pool, sv server, clients, n int)
 	r.add("drain_seconds", took.Seconds(), "s (commit → last receipt of all clients)")
 	r.add("drain_events_per_s", float64(n)/took.Seconds(), "events/s to every client")
 	r.add("server_cpu", cpuPercent(before, after), "% of one core")
+	return r, nil
+}
+
+// idleOn connects n clients that then sit idle, and reports the server's
+// RSS per connection; then one event committed reaches all of them.
+func idleOn(ctx context.Context, pool *pgxpool.Pool, sv server, n int) (result, error) {
+	var r result
+	before, err := sampleProc(sv.pid())
+	if err != nil {
+		return r, err
+	}
+	var connected atomic.Int64
+	stop := progress("connecting", 20*time.Second, func() string { return fmt.Sprintf("%d/%d", connected.Load(), n) })
+	cs, err := connectClients(ctx, sv.dial, n, func(k int) { connected.Store(int64(k)) })
+	stop()
+	if err != nil {
+		return r, err
+	}
+	defer closeClients(cs)
+	first, err := sv.position(ctx, pool)
+	if err != nil {
+		return r, err
+	}
+	time.Sleep(2 * time.Second) // let the runtime settle, as scenario 5 does
+	after, _ := sampleProc(sv.pid())
+	r.add("connections", float64(n), "connections")
+	r.add("rss_per_connection", float64(after.rssKiB-before.rssKiB)*1024/float64(n)/1000, "KB")
+	at := time.Now()
+	insert := sv.inserter()
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if insert != nil {
+			return insert(ctx, tx, 0, at.UnixNano(), "")
+		}
+		_, err := tx.Exec(ctx, `SELECT outbox.emit($1, jsonb_build_object('t', $2::bigint))`, benchTopic, at.UnixNano())
+		return err
+	})
+	if err != nil {
+		return r, err
+	}
+	waitDelivered(cs, first+1, 10*time.Second, time.Minute)
+	r.add("event_last_receipt", ms(lastReceipt(cs).Sub(at)), "ms (commit → last of all clients)")
+	deliveryStats(&r, cs, first+1, first+1)
 	return r, nil
 }
