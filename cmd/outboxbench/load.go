@@ -44,8 +44,9 @@ type client struct {
 	last     int64
 	distinct int64
 	dups     int64
-	gaps     int64 // times a seq skipped ahead (an event missed)
-	notes    int64 // notification frames (test broadcasts)
+	gaps     int64        // times a seq skipped ahead (an event missed)
+	notes    int64        // notification frames (test broadcasts)
+	frames   atomic.Int64 // WebSocket messages received (one may carry several events)
 	lastAt   time.Time
 	closeErr error
 	done     chan struct{}
@@ -140,6 +141,7 @@ func (c *client) read() {
 	for {
 		_, b, err := c.conn.ReadMessage()
 		now := time.Now()
+		c.frames.Add(1)
 		if err != nil {
 			c.mu.Lock()
 			c.closeErr = err

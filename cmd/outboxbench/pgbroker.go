@@ -41,6 +41,11 @@ func (e *benchEnv) startCentrifugoStream(ctx context.Context, pool *pgxpool.Pool
 	client := cfg["client"].(map[string]any)
 	client["recovery_max_publication_limit"] = streamHistorySize
 	client["history_max_publication_limit"] = streamHistorySize
+	// A recovery of the whole history is one connect reply of several
+	// MB: past the default 1 MiB queue the client is cut as slow (3008).
+	client["queue_max_size"] = 256 << 20
+	// and written within the default 1 s, or the connection is closed.
+	cfg["websocket"] = map[string]any{"write_timeout": "60s"}
 	cfg["broker"] = map[string]any{
 		"enabled": true, "type": "postgres",
 		"postgres": map[string]any{"dsn": e.dbURL(), "use_notify": true, "num_shards": 8},

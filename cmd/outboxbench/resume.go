@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,7 @@ func resumeVs(ctx context.Context, e *benchEnv) (result, error) {
 			r.add(sys+"."+m.Name, m.Value, m.Unit)
 		}
 		got[sys] = metricValue(res, "caught_up_s")
+		fmt.Fprintf(os.Stderr, "resume: %s caught up in %.2f s\n", sys, got[sys])
 	}
 	if a, b := got["outboxd"], got["stream"]; a > 0 && b > 0 {
 		r.add("ratio_caught_up_s", a/b, "outboxd / stream broker")

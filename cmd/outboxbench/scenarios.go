@@ -304,6 +304,15 @@ func loadOn(ctx context.Context, pool *pgxpool.Pool, sv server, clients int, spe
 	}, r.Metrics...)
 	r.add("server_cpu", cpuPercent(before, after), "% of one core")
 	r.add("server_rss", float64(after.rssKiB)/1024, "MiB")
+	var frames int64
+	for _, c := range cs {
+		frames += c.frames.Load()
+	}
+	if delivered > 0 {
+		// Each WebSocket message is a write on the server: fewer per event,
+		// fewer system calls.
+		r.add("frames_per_event", float64(frames)/float64(delivered), "WebSocket messages per event delivered")
+	}
 	if ours {
 		// Its PostgreSQL sessions (sequencer, tailer, listener, replay):
 		// the relay's cost to the database, which the producers share.

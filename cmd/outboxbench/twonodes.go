@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -134,6 +135,19 @@ FROM pg_stat_statements
 WHERE query NOT LIKE '%pg_stat_statements%' AND query NOT LIKE '%outbox.emit%' AND query NOT LIKE '%cf_stream_publish%'
   AND lower(query) NOT IN ('begin', 'commit')`).Scan(&calls, &execMs); err != nil {
 		return r, err
+	}
+	// The heaviest of them, on stderr: where the database's time goes.
+	if rows, err := pool.Query(ctx, `SELECT calls, total_exec_time, left(regexp_replace(query, '\s+', ' ', 'g'), 100)
+FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT 4`); err == nil {
+		for rows.Next() {
+			var n int64
+			var t float64
+			var q string
+			if rows.Scan(&n, &t, &q) == nil {
+				fmt.Fprintf(os.Stderr, "%s: %8d calls %10.0f ms  %s\n", sys, n, t, q)
+			}
+		}
+		rows.Close()
 	}
 	r.add("db_statements_per_s", calls/window, "statements/s the servers ran (producers' excluded)")
 	r.add("db_exec_ms_per_s", execMs/window, "ms of execution per s in them")
