@@ -147,11 +147,7 @@ INSERT INTO bench_rows (id) SELECT g FROM generate_series(0, 63) g`); err != nil
 	if sv == nil {
 		return r, nil
 	}
-	last, err := sv.position(ctx, pool)
-	for err == nil && last-first < txs {
-		time.Sleep(10 * time.Millisecond)
-		last, err = sv.position(ctx, pool)
-	}
+	last, err := waitPosition(ctx, pool, sv.position, first+txs)
 	if err != nil {
 		return r, err
 	}

@@ -103,32 +103,12 @@ func (e *benchEnv) resumeOn(ctx context.Context, sys string, n, events int) (res
 		<-c.done
 	}
 	// Away: events commit, 500 per transaction.
-	insert := sv.inserter()
 	for done := 0; done < events; done += 500 {
-		k := min(500, events-done)
-		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-			if insert != nil {
-				for range k {
-					if err := insert(ctx, tx, 0, time.Now().UnixNano(), ""); err != nil {
-						return err
-					}
-				}
-				return nil
-			}
-			_, err := tx.Exec(ctx, `SELECT outbox.emit_batch(array_agg($1::text), array_agg(jsonb_build_object('t', $2::bigint)),
-				array_agg(NULL::jsonb), array_agg(NULL::jsonb), array_agg(NULL::text)) FROM generate_series(1, $3::int)`,
-				benchTopic, time.Now().UnixNano(), k)
-			return err
-		})
-		if err != nil {
+		if err := commitEvents(ctx, pool, sv.inserter(), min(500, events-done)); err != nil {
 			return r, fmt.Errorf("commit while away: %w", err)
 		}
 	}
-	last, err := sv.position(ctx, pool)
-	for err == nil && last-first < int64(events) {
-		time.Sleep(10 * time.Millisecond)
-		last, err = sv.position(ctx, pool)
-	}
+	last, err := waitPosition(ctx, pool, sv.position, first+int64(events))
 	if err != nil {
 		return r, err
 	}

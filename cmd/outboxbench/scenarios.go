@@ -99,6 +99,20 @@ func resolveScenarios(arg string) ([]string, error) {
 	return out, nil
 }
 
+// waitPosition waits until position reaches target (the sequencer, or the
+// peer, has numbered every committed event) and returns it.
+func waitPosition(ctx context.Context, pool *pgxpool.Pool, position func(context.Context, *pgxpool.Pool) (int64, error), target int64) (int64, error) {
+	last, err := position(ctx, pool)
+	for err == nil && last < target {
+		if err = ctx.Err(); err != nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+		last, err = position(ctx, pool)
+	}
+	return last, err
+}
+
 func head(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
 	var h int64
 	err := pool.QueryRow(ctx, `SELECT outbox.head()`).Scan(&h)
@@ -280,11 +294,7 @@ func loadOn(ctx context.Context, pool *pgxpool.Pool, sv server, clients int, spe
 		stop()
 		return r, fmt.Errorf("producers: %w", err)
 	}
-	last, err := sv.position(ctx, pool)
-	for err == nil && last-first < committed.Load() { // wait for the sequencer
-		time.Sleep(10 * time.Millisecond)
-		last, err = sv.position(ctx, pool)
-	}
+	last, err := waitPosition(ctx, pool, sv.position, first+committed.Load())
 	waitDelivered(cs, last, 5*time.Second, 2*time.Minute)
 	stop()
 	after, _ := sampleProc(sv.pid())

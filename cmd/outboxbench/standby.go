@@ -132,11 +132,7 @@ func (s standbyLoad) run(ctx context.Context, e *benchEnv, primary, standby *pgc
 	if err != nil {
 		return nil, fmt.Errorf("producers: %w", err)
 	}
-	last, err := head(ctx, pool)
-	for err == nil && last-first < committed.Load() {
-		time.Sleep(10 * time.Millisecond)
-		last, err = head(ctx, pool)
-	}
+	last, err := waitPosition(ctx, pool, head, first+committed.Load())
 	if err != nil {
 		return nil, err
 	}

@@ -111,11 +111,7 @@ func (e *benchEnv) twoNodesOn(ctx context.Context, primary *pgcluster.Cluster, s
 		return r, fmt.Errorf("producers: %w", err)
 	}
 	stop()
-	last, err := nodes[0].position(ctx, pool)
-	for err == nil && last-first < committed.Load() {
-		time.Sleep(10 * time.Millisecond)
-		last, err = nodes[0].position(ctx, pool)
-	}
+	last, err := waitPosition(ctx, pool, nodes[0].position, first+committed.Load())
 	if err != nil {
 		return r, err
 	}

@@ -189,22 +189,7 @@ func burstOn(ctx context.Context, pool *pgxpool.Pool, sv server, clients, n int)
 	}
 	defer closeClients(cs)
 	before, _ := sampleProc(sv.pid())
-	insert := sv.inserter()
-	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if insert != nil {
-			for range n {
-				if err := insert(ctx, tx, 0, time.Now().UnixNano(), ""); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		_, err := tx.Exec(ctx, `SELECT outbox.emit_batch(array_agg($1::text), array_agg(jsonb_build_object('t', $2::bigint)),
-			array_agg(NULL::jsonb), array_agg(NULL::jsonb), array_agg(NULL::text)) FROM generate_series(1, $3::int)`,
-			benchTopic, time.Now().UnixNano(), n)
-		return err
-	})
-	if err != nil {
+	if err := commitEvents(ctx, pool, sv.inserter(), n); err != nil {
 		return r, err
 	}
 	committedAt := time.Now()
@@ -249,19 +234,30 @@ func idleOn(ctx context.Context, pool *pgxpool.Pool, sv server, n int) (result, 
 	r.add("connections", float64(n), "connections")
 	r.add("rss_per_connection", float64(after.rssKiB-before.rssKiB)*1024/float64(n)/1000, "KB")
 	at := time.Now()
-	insert := sv.inserter()
-	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if insert != nil {
-			return insert(ctx, tx, 0, at.UnixNano(), "")
-		}
-		_, err := tx.Exec(ctx, `SELECT outbox.emit($1, jsonb_build_object('t', $2::bigint))`, benchTopic, at.UnixNano())
-		return err
-	})
-	if err != nil {
+	if err := commitEvents(ctx, pool, sv.inserter(), 1); err != nil {
 		return r, err
 	}
 	waitDelivered(cs, first+1, 10*time.Second, time.Minute)
 	r.add("event_last_receipt", ms(lastReceipt(cs).Sub(at)), "ms (commit → last of all clients)")
 	deliveryStats(&r, cs, first+1, first+1)
 	return r, nil
+}
+
+// commitEvents commits n events in one transaction: through a peer's
+// insert, or one outbox.emit_batch.
+func commitEvents(ctx context.Context, pool *pgxpool.Pool, insert insertFunc, n int) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if insert != nil {
+			for range n {
+				if err := insert(ctx, tx, 0, time.Now().UnixNano(), ""); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		_, err := tx.Exec(ctx, `SELECT outbox.emit_batch(array_agg($1::text), array_agg(jsonb_build_object('t', $2::bigint)),
+			array_agg(NULL::jsonb), array_agg(NULL::jsonb), array_agg(NULL::text)) FROM generate_series(1, $3::int)`,
+			benchTopic, time.Now().UnixNano(), n)
+		return err
+	})
 }
