@@ -104,6 +104,11 @@ func (e *benchEnv) runCentrifugo(ctx context.Context, cfg map[string]any) (*cent
 	l.Close()
 	_, port, _ := net.SplitHostPort(addr)
 	cfg["http_server"] = map[string]any{"address": "127.0.0.1", "port": mustAtoi(port)}
+	if e.o.pprofAddr != "" {
+		// -pprof profiles the peer too, on its own port.
+		cfg["debug"] = map[string]any{"enabled": true}
+		fmt.Fprintf(os.Stderr, "centrifugo pprof at http://%s/debug/pprof/\n", addr)
+	}
 	dir, err := os.MkdirTemp("", "centrifugo")
 	if err != nil {
 		return nil, err

@@ -108,7 +108,7 @@ func main() {
 	flag.StringVar(&o.workloads, "workloads", "", "vs-centrifugo: only these workloads, comma separated (w1,w3); default all")
 	flag.StringVar(&o.peers, "peers", "centrifugo,stream", "vs-centrifugo: the peers, comma separated: centrifugo (Centrifugo's PostgreSQL outbox consumer), stream (its PostgreSQL stream broker)")
 	flag.DurationVar(&o.pgDelay, "pg-delay", 0, "hold outboxd's PostgreSQL traffic this long each way (a database one round trip of twice this away; at most 50ms; the producers connect directly)")
-	flag.StringVar(&o.pprofAddr, "pprof", "", "pass PPROF_ADDR to outboxd (e.g. 127.0.0.1:6060) to profile it during a run")
+	flag.StringVar(&o.pprofAddr, "pprof", "", "pass PPROF_ADDR to outboxd (e.g. 127.0.0.1:6060) to profile it during a run; Centrifugo then serves /debug/pprof/ on its own address (printed)")
 	flag.IntVar(&o.custom.clients, "clients", 10, "custom: WebSocket clients")
 	flag.IntVar(&o.custom.producers, "producers", 4, "custom: producer connections")
 	flag.Float64Var(&o.custom.rate, "rate", 1000, "custom: events/s in total (0: as fast as possible)")
