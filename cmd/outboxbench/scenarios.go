@@ -295,6 +295,10 @@ func loadOn(ctx context.Context, pool *pgxpool.Pool, sv server, clients int, spe
 		return r, fmt.Errorf("producers: %w", err)
 	}
 	last, err := waitPosition(ctx, pool, sv.position, first+committed.Load())
+	if err != nil {
+		stop()
+		return r, err
+	}
 	waitDelivered(cs, last, 5*time.Second, 2*time.Minute)
 	stop()
 	after, _ := sampleProc(sv.pid())
