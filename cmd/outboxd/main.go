@@ -240,15 +240,8 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	// stop gives the shutdown its own 4 s from the moment it begins (the
-	// drain: the in-flight batch, clients closed with 1001, HTTP).
-	stop := func() error {
-		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-		defer cancel()
-		return srv.Stop(sctx)
-	}
 	if err := srv.Start(ctx); err != nil {
-		_ = stop()
+		_ = stopWithin(srv, shutdownTimeout)
 		return err
 	}
 	served := srv.Serve(ln, adminLn)
@@ -264,7 +257,7 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	case serveErr = <-served:
 	}
 	logger.Info("shutting down")
-	if err := stop(); err != nil {
+	if err := stopWithin(srv, shutdownTimeout); err != nil {
 		logger.Warn("shutdown incomplete", "err", err)
 	}
 	logger.Info("stopped")
@@ -274,6 +267,15 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 // shutdownTimeout bounds the drain at SIGTERM (the chart's grace period
 // and preStop are sized on it).
 const shutdownTimeout = 4 * time.Second
+
+// stopWithin stops srv — the drain: the in-flight batch, clients closed
+// with 1001, HTTP — with d counted from this call, not from start-up (a
+// deadline made at start left a replica up for longer with none).
+func stopWithin(srv interface{ Stop(context.Context) error }, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return srv.Stop(ctx)
+}
 
 func servePprof(addr string, logger *slog.Logger) {
 	mux := http.NewServeMux()

@@ -227,3 +227,26 @@ func waitConnected(t *testing.T, p *proctest.Process, n int, d time.Duration) {
 	eventually(t, d, func() bool { return connected(t, p) >= n },
 		func() string { return fmt.Sprintf("%d of %d connected", connected(t, p), n) })
 }
+
+// stopRecorder is a server whose Stop records the deadline it was given.
+type stopRecorder struct{ deadline time.Time }
+
+func (s *stopRecorder) Stop(ctx context.Context) error {
+	s.deadline, _ = ctx.Deadline()
+	return nil
+}
+
+// The drain's deadline counts from the stop, however long the process has
+// run: one made at start-up left a replica up for more than 4 s no time
+// to drain at SIGTERM.
+func TestStopWithinCountsFromTheCall(t *testing.T) {
+	t.Parallel()
+	var s stopRecorder
+	called := time.Now()
+	if err := stopWithin(&s, shutdownTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if s.deadline.Before(called.Add(shutdownTimeout)) {
+		t.Fatalf("deadline %s is less than %s after the stop was called", s.deadline.Sub(called), shutdownTimeout)
+	}
+}
