@@ -47,13 +47,12 @@ type Reads struct {
 	mu      sync.Mutex
 	pending []headSample // announced heads the standby had not shown yet, oldest first
 
-	announced   atomic.Int64 // the highest head this replica knows of
-	standbyHead atomic.Int64
-	lagNanos    atomic.Int64
-	lagEvents   atomic.Int64
-	up          atomic.Bool // answered its last check
-	use         atomic.Bool // reads go there now
-	pages       [2]atomic.Int64
+	announced atomic.Int64 // the highest head this replica knows of
+	lagNanos  atomic.Int64
+	lagEvents atomic.Int64
+	up        atomic.Bool // answered its last check
+	use       atomic.Bool // reads go there now
+	pages     [2]atomic.Int64
 }
 
 type headSample struct {
@@ -127,20 +126,17 @@ func (r *Reads) announce(head int64) {
 	r.pending = append(r.pending, headSample{head, now})
 }
 
-// pick returns the standby's pool when reads go there now.
-func (r *Reads) pick() (*pgxpool.Pool, bool) {
-	if r == nil || !r.use.Load() {
+// pick returns the standby's pool — the tailer's, or the replays' — when
+// reads go there now.
+func (r *Reads) pick(forTailer bool) (*pgxpool.Pool, bool) {
+	switch {
+	case r == nil || !r.use.Load():
 		return nil, false
+	case forTailer:
+		return r.tailer, true
+	default:
+		return r.standby, true
 	}
-	return r.standby, true
-}
-
-// pickForTailer is pick for the tailer's pages.
-func (r *Reads) pickForTailer() (*pgxpool.Pool, bool) {
-	if r == nil || !r.use.Load() {
-		return nil, false
-	}
-	return r.tailer, true
 }
 
 // counted records where a page was read.
@@ -208,7 +204,6 @@ func (r *Reads) check(ctx context.Context, timeout time.Duration) {
 	}
 	now := time.Now()
 	r.up.Store(true)
-	r.standbyHead.Store(head)
 	r.mu.Lock()
 	i := 0
 	for i < len(r.pending) && r.pending[i].head <= head {

@@ -119,7 +119,7 @@ ORDER BY ev.seq`
 func (s *Store) ReadEntitled(ctx context.Context, q ReplayQuery, buf []Event) (Page, []Event, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	if standby, ok := s.reads.pick(); ok {
+	if standby, ok := s.reads.pick(false); ok {
 		n := len(buf)
 		p, out, err := readEntitledOn(ctx, standby, q, buf)
 		switch {

@@ -409,7 +409,7 @@ func (t *Tailer) drain(ctx context.Context) error {
 		var err error
 		var full bool
 		q, standby := Querier(t.pool), false
-		if p, ok := reads.pickForTailer(); ok {
+		if p, ok := reads.pick(true); ok {
 			q, standby = p, true
 		}
 		buf, full, err = ReadAfter(ctx, q, t.cursor.Load(), limit, t.cfg.BatchBytes, buf[:0], t.cfg.QueryTimeout)

@@ -109,10 +109,10 @@ func New(ctx context.Context, cfg Config, o Options) (_ *Server, err error) {
 	if cfg.ReadDatabaseURL != "" {
 		// Pools connect lazily: a standby that is down at start is used
 		// once it answers.
-		if s.standbyReplay, err = newReadPool(cfg, "standby replay", cfg.ReplayDBConns); err != nil {
+		if s.standbyReplay, err = openPool(ctx, cfg, "READ_DATABASE_URL", cfg.ReadDatabaseURL, "standby replay", cfg.ReplayDBConns); err != nil {
 			return nil, err
 		}
-		if s.standbyTailer, err = newReadPool(cfg, "standby tailer", 2); err != nil {
+		if s.standbyTailer, err = openPool(ctx, cfg, "READ_DATABASE_URL", cfg.ReadDatabaseURL, "standby tailer", 2); err != nil {
 			return nil, err
 		}
 		s.reads = relay.NewReads(s.standbyReplay, s.standbyTailer, relay.ReadsConfig{
@@ -315,12 +315,19 @@ func (s *Server) closePools() {
 // newPool opens a pool on DATABASE_URL: with LISTEN_DATABASE_URL set it
 // may be a transaction pooler, and gets pooler-safe settings.
 func newPool(ctx context.Context, cfg Config, name string, maxConns int) (*pgxpool.Pool, error) {
-	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	return openPool(ctx, cfg, "DATABASE_URL", cfg.DatabaseURL, name, maxConns)
+}
+
+// openPool opens a pool on url (the variable envName's value) with the
+// settings DATABASE_URL's pools get: pooler-safe with LISTEN_DATABASE_URL
+// set. Pools connect lazily.
+func openPool(ctx context.Context, cfg Config, envName, url, name string, maxConns int) (*pgxpool.Pool, error) {
+	pc, err := pgxpool.ParseConfig(url)
 	if err != nil {
-		return nil, fmt.Errorf("DATABASE_URL: %w", err)
+		return nil, fmt.Errorf("%s: %w", envName, err)
 	}
 	if cfg.Pooled() {
-		pgconfig.ApplyPooled(pc, cfg.DatabaseURL)
+		pgconfig.ApplyPooled(pc, url)
 	} else {
 		pgconfig.Apply(pc)
 	}
@@ -350,23 +357,6 @@ func newSessionPool(ctx context.Context, cfg Config, name string, maxConns int) 
 	pc.ConnConfig.RuntimeParams["application_name"] = "outboxd " + name
 	pc.MaxConns = int32(maxConns)
 	return pgxpool.NewWithConfig(ctx, pc)
-}
-
-// newReadPool opens a pool on READ_DATABASE_URL (a standby: only event
-// reads), without connecting yet.
-func newReadPool(cfg Config, name string, maxConns int) (*pgxpool.Pool, error) {
-	pc, err := pgxpool.ParseConfig(cfg.ReadDatabaseURL)
-	if err != nil {
-		return nil, fmt.Errorf("READ_DATABASE_URL: %w", err)
-	}
-	if cfg.Pooled() {
-		pgconfig.ApplyPooled(pc, cfg.ReadDatabaseURL)
-	} else {
-		pgconfig.Apply(pc)
-	}
-	pc.ConnConfig.RuntimeParams["application_name"] = "outboxd " + name
-	pc.MaxConns = int32(max(maxConns, 1))
-	return pgxpool.NewWithConfig(context.Background(), pc)
 }
 
 // NewSessionPool is newSessionPool for the CLI's migrate subcommand.

@@ -66,16 +66,11 @@ type standbyLoad struct {
 }
 
 func (s standbyLoad) run(ctx context.Context, e *benchEnv, primary, standby *pgcluster.Cluster, withStandby bool) ([]metric, error) {
-	sub := &benchEnv{o: e.o}
-	sub.o.adminURL = primary.URL("")
-	pool, err := sub.freshDB(ctx)
+	sub, pool, err := e.onCluster(ctx, primary)
 	if err != nil {
 		return nil, err
 	}
 	defer pool.Close()
-	if _, err := pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
-		return nil, err
-	}
 	standby.WaitReplayed(primary, time.Minute)
 	standbyURL := standby.URL(sub.o.dbName)
 	if withStandby {
@@ -232,6 +227,22 @@ func waitReadsSource(ctx context.Context, addr, source string, limit time.Durati
 		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("%s: event reads not from the %s within %s", addr, source, limit)
+}
+
+// onCluster is e on a PostgreSQL cluster of the scenario's own: a fresh,
+// migrated benchmark database there, with pg_stat_statements.
+func (e *benchEnv) onCluster(ctx context.Context, c *pgcluster.Cluster) (*benchEnv, *pgxpool.Pool, error) {
+	sub := &benchEnv{o: e.o}
+	sub.o.adminURL = c.URL("")
+	pool, err := sub.freshDB(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	return sub, pool, nil
 }
 
 // withBenchT runs f with a benchT, turning its Fatalf into f's error, and

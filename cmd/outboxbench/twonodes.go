@@ -50,16 +50,11 @@ var twoNodesRun atomic.Int64
 
 func (e *benchEnv) twoNodesOn(ctx context.Context, primary *pgcluster.Cluster, sys string) (result, error) {
 	var r result
-	sub := &benchEnv{o: e.o}
-	sub.o.adminURL = primary.URL("")
-	pool, err := sub.freshDB(ctx)
+	sub, pool, err := e.onCluster(ctx, primary)
 	if err != nil {
 		return r, err
 	}
 	defer pool.Close()
-	if _, err := pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
-		return r, err
-	}
 	var nodes []server
 	for range 2 {
 		var sv server
